@@ -1,0 +1,155 @@
+// The one place where the arguments of the SE ops are validated. Every message
+// names the offending argument; the exception type follows Python's
+// conventions (ValueError for shapes and names, TypeError for dtypes).
+#include "se_common.h"
+
+namespace se_fused {
+
+namespace {
+
+bool is_supported_x_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+Act parse_activation(c10::string_view name) {
+  if (name == "relu") return Act::ReLU;
+  if (name == "silu") return Act::SiLU;
+  TORCH_CHECK_VALUE(false, "se_fused: activation must be 'relu' or 'silu', got '",
+                    std::string(name), "'");
+}
+
+Gate parse_gate(c10::string_view name) {
+  if (name == "sigmoid") return Gate::Sigmoid;
+  if (name == "hardsigmoid") return Gate::HardSigmoid;
+  TORCH_CHECK_VALUE(false, "se_fused: gate must be 'sigmoid' or 'hardsigmoid', got '",
+                    std::string(name), "'");
+}
+
+bool parse_out_activation(c10::string_view name) {
+  if (name == "none") return false;
+  if (name == "relu") return true;
+  TORCH_CHECK_VALUE(false, "se_fused: out_activation must be None or 'relu', got '",
+                    std::string(name), "'");
+}
+
+void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), "se_fused: ", name, " is on ", t.device(),
+              " but x is on ", x.device(), "; all tensors must be on one device");
+}
+
+void check_parameter(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  check_same_device(t, name, x);
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "se_fused: ", name,
+                   " must be a floating-point tensor, got ", t.scalar_type());
+}
+
+void check_bias(const c10::optional<at::Tensor>& b, const char* name, int64_t len,
+                const char* len_name, const at::Tensor& x) {
+  if (!b.has_value()) return;
+  check_parameter(*b, name, x);
+  TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == len, "se_fused: ", name,
+                    " must have shape (", len_name, ",) = (", len, ",), got ",
+                    b->sizes());
+}
+
+SEArgs check_common(const at::Tensor& x, const at::Tensor& w1,
+                    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                    const c10::optional<at::Tensor>& b2, c10::string_view activation,
+                    c10::string_view gate) {
+  SEArgs a;
+  TORCH_CHECK_VALUE(x.dim() == 4, "se_fused: x must be 4-D (N, C, H, W), got ", x.dim(),
+                    "-D with shape ", x.sizes());
+  TORCH_CHECK_TYPE(is_supported_x_dtype(x.scalar_type()),
+                   "se_fused: x must be float32, float16, bfloat16 or float64, got ",
+                   x.scalar_type());
+  a.N = x.size(0);
+  a.C = x.size(1);
+  a.H = x.size(2);
+  a.W = x.size(3);
+  TORCH_CHECK_VALUE(a.H * a.W > 0, "se_fused: x has an empty spatial extent (H, W) = (",
+                    a.H, ", ", a.W, "); the squeeze (mean over H, W) is undefined");
+
+  check_parameter(w1, "w1", x);
+  check_parameter(w2, "w2", x);
+  TORCH_CHECK_VALUE(w1.dim() == 2, "se_fused: w1 must have shape (R, C) or (R, C, 1, 1), got ",
+                    w1.sizes());
+  TORCH_CHECK_VALUE(w2.dim() == 2, "se_fused: w2 must have shape (C, R) or (C, R, 1, 1), got ",
+                    w2.sizes());
+  a.R = w1.size(0);
+  TORCH_CHECK_VALUE(w1.size(1) == a.C, "se_fused: w1 has ", w1.size(1),
+                    " input channels but x has C = ", a.C, " (w1 shape ", w1.sizes(), ")");
+  TORCH_CHECK_VALUE(w2.size(0) == a.C, "se_fused: w2 has ", w2.size(0),
+                    " output channels but x has C = ", a.C, " (w2 shape ", w2.sizes(), ")");
+  TORCH_CHECK_VALUE(w2.size(1) == a.R, "se_fused: w2 has ", w2.size(1),
+                    " input channels but w1 has R = ", a.R, " output channels (w2 shape ",
+                    w2.sizes(), ")");
+  check_bias(b1, "b1", a.R, "R", x);
+  check_bias(b2, "b2", a.C, "C", x);
+  a.act = parse_activation(activation);
+  a.gate = parse_gate(gate);
+  return a;
+}
+
+}  // namespace
+
+at::ScalarType acc_dtype(at::ScalarType x_dtype) {
+  return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor empty_like_layout(const at::Tensor& x) {
+  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return at::empty_like(x);
+  }
+  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  if (like.is_contiguous()) return t.contiguous();
+  return t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
+                          const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& b2,
+                          const c10::optional<at::Tensor>& residual,
+                          c10::string_view activation, c10::string_view gate,
+                          c10::string_view out_activation) {
+  SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
+  a.out_relu = parse_out_activation(out_activation);
+  if (residual.has_value()) {
+    check_same_device(*residual, "residual", x);
+    TORCH_CHECK_VALUE(residual->sizes() == x.sizes(), "se_fused: residual must have x's shape ",
+                      x.sizes(), ", got ", residual->sizes());
+    TORCH_CHECK_TYPE(residual->scalar_type() == x.scalar_type(),
+                     "se_fused: residual must have x's dtype ", x.scalar_type(), ", got ",
+                     residual->scalar_type());
+  }
+  return a;
+}
+
+SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
+                           const at::Tensor& z, const c10::optional<at::Tensor>& y,
+                           const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                           const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                           c10::string_view activation, c10::string_view gate) {
+  SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
+  a.out_relu = y.has_value();
+  check_same_device(grad_y, "grad_y", x);
+  check_same_device(z, "z", x);
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "se_fused: grad_y must have x's shape ",
+                    x.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(),
+                   "se_fused: grad_y must have x's dtype ", x.scalar_type(), ", got ",
+                   grad_y.scalar_type());
+  TORCH_CHECK_VALUE(z.dim() == 2 && z.size(0) == a.N && z.size(1) == a.C,
+                    "se_fused: z must have shape (N, C) = (", a.N, ", ", a.C, "), got ",
+                    z.sizes());
+  if (y.has_value()) {
+    check_same_device(*y, "y", x);
+    TORCH_CHECK_VALUE(y->sizes() == x.sizes(), "se_fused: y must have x's shape ", x.sizes(),
+                      ", got ", y->sizes());
+  }
+  return a;
+}
+
+}  // namespace se_fused

@@ -1,0 +1,104 @@
+// Shared by the CPU and CUDA kernels: the parsed arguments of one SE call and
+// the scalar math of the two small layers (forward and derivative), so both
+// back ends compute exactly the same functions.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#if defined(__CUDACC__)
+#define SE_HD __host__ __device__ __forceinline__
+#else
+#define SE_HD inline
+#endif
+
+namespace se_fused {
+
+enum class Act : int { ReLU = 0, SiLU = 1 };
+enum class Gate : int { Sigmoid = 0, HardSigmoid = 1 };
+
+// Everything a kernel needs to know about one call, validated once.
+struct SEArgs {
+  int64_t N = 0, C = 0, H = 0, W = 0, R = 0;
+  Act act = Act::ReLU;
+  Gate gate = Gate::Sigmoid;
+  bool out_relu = false;
+  bool channels_last = false;  // layout the kernel reads and writes
+  int64_t hw() const { return H * W; }
+};
+
+template <typename T>
+SE_HD T se_exp(T v) {
+#if defined(__CUDA_ARCH__)
+  return exp(v);
+#else
+  return std::exp(v);
+#endif
+}
+
+template <typename T>
+SE_HD T sigmoid(T v) {
+  return T(1) / (T(1) + se_exp(-v));
+}
+
+template <typename T>
+SE_HD T act_forward(Act a, T v) {
+  if (a == Act::ReLU) return v > T(0) ? v : T(0);
+  return v * sigmoid(v);
+}
+
+// d act / d v, with PyTorch's conventions (relu'(0) = 0).
+template <typename T>
+SE_HD T act_derivative(Act a, T v) {
+  if (a == Act::ReLU) return v > T(0) ? T(1) : T(0);
+  T s = sigmoid(v);
+  return s * (T(1) + v * (T(1) - s));
+}
+
+template <typename T>
+SE_HD T gate_forward(Gate g, T v) {
+  if (g == Gate::Sigmoid) return sigmoid(v);
+  // PyTorch's hardsigmoid: relu6(v + 3) / 6
+  T t = v + T(3);
+  t = t < T(0) ? T(0) : (t > T(6) ? T(6) : t);
+  return t / T(6);
+}
+
+// d gate / d v, with PyTorch's conventions (hardsigmoid' = 1/6 on (-3, 3) only).
+template <typename T>
+SE_HD T gate_derivative(Gate g, T v) {
+  if (g == Gate::Sigmoid) {
+    T s = sigmoid(v);
+    return s * (T(1) - s);
+  }
+  return (v > T(-3) && v < T(3)) ? T(1) / T(6) : T(0);
+}
+
+// Argument checks (se_checks.cpp): the single place that validates user input.
+SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
+                          const c10::optional<at::Tensor>& b1,
+                          const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& b2,
+                          const c10::optional<at::Tensor>& residual,
+                          c10::string_view activation, c10::string_view gate,
+                          c10::string_view out_activation);
+
+SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
+                           const at::Tensor& z, const c10::optional<at::Tensor>& y,
+                           const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                           const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                           c10::string_view activation, c10::string_view gate);
+
+// The output allocation rule shared with the Python fake kernels: x's exact
+// strides when x is dense NCHW or NHWC, otherwise a fresh NCHW tensor.
+at::Tensor empty_like_layout(const at::Tensor& x);
+
+// x (or residual / grad) in the layout `like` has, copied only when needed.
+at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like);
+
+// Float type the squeeze and small layers use: double for double x, else float.
+at::ScalarType acc_dtype(at::ScalarType x_dtype);
+
+}  // namespace se_fused

@@ -1,0 +1,29 @@
+// The op schemas, in one place. Kernels register against them per device
+// (csrc/cpu, csrc/cuda); fake kernels, autograd and the public function live
+// in se_fused/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing se_fused._C loads this library, which runs the registrations below.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(se_fused, m) {
+  // y = out_act(x * gate(W2 act(W1 mean_hw(x) + b1) + b2) + residual); z = mean_hw(x)
+  // (float32, float64 for float64 x), kept for the backward.
+  m.def(
+      "se_forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor? residual, "
+      "str activation, str gate, str out_activation) -> (Tensor y, Tensor z)");
+  // y is given when out_activation was 'relu' (its sign is the mask). grad_residual is the
+  // masked grad_y when y is given and want_grad_residual, else an empty (0,) tensor.
+  // Parameter grads come in float32 (float64 for float64 x).
+  m.def(
+      "se_backward(Tensor grad_y, Tensor x, Tensor z, Tensor? y, Tensor w1, Tensor? b1, "
+      "Tensor w2, Tensor? b2, str activation, str gate, bool want_grad_residual) -> "
+      "(Tensor grad_x, Tensor grad_residual, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, "
+      "Tensor grad_b2)");
+}

@@ -1,0 +1,59 @@
+"""The oracle: the SE block in plain PyTorch, written for clarity, not speed.
+
+Every fused path is tested against this function. It follows the contract in
+the API spec: the squeeze vector and both small layers are computed in float32
+(float64 for float64 x), whatever autocast says; the scale and the epilogue are
+computed in that precision too and rounded once to x's dtype.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._names import ACTIVATIONS, GATES, OUT_ACTIVATIONS, as_matrix, lookup
+
+__all__ = ["squeeze_excite"]
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def excitation(z, w1, b1, w2, b2, activation="relu", gate="sigmoid"):
+    """s = gate(W2 act(W1 z + b1) + b2) for z of shape (N, C), in z's dtype."""
+    dt = z.dtype
+    act, gate_fn = lookup(ACTIVATIONS, activation, "activation"), lookup(GATES, gate, "gate")
+    h = act(F.linear(z, as_matrix(w1).to(dt), None if b1 is None else b1.to(dt)))
+    return gate_fn(F.linear(h, as_matrix(w2).to(dt), None if b2 is None else b2.to(dt)))
+
+
+def squeeze_excite(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    *,
+    activation: str = "relu",
+    gate: str = "sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_activation: Optional[str] = None,
+) -> torch.Tensor:
+    """Reference SE block; see se_fused.squeeze_excite for the contract."""
+    if out_activation not in OUT_ACTIVATIONS:
+        raise ValueError(f"out_activation must be None or 'relu', got {out_activation!r}")
+    dt = _compute_dtype(x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        z = x.to(dt).mean(dim=(2, 3))
+        s = excitation(z, w1, b1, w2, b2, activation, gate)
+        y = x.to(dt) * s[:, :, None, None]
+        if residual is not None:
+            y = y + residual.to(dt)
+        if out_activation == "relu":
+            y = torch.relu(y)
+    memory_format = (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )
+    return y.to(x.dtype).contiguous(memory_format=memory_format)

@@ -1,0 +1,85 @@
+"""Builds se_fused._C: the C++ kernels always, the CUDA kernels when torch is a
+CUDA build and nvcc is found (whether a GPU is visible does not matter, so CI
+without a GPU still compiles the CUDA code)."""
+import glob
+import os
+import platform
+import shutil
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_cuda_home():
+    """CUDA_HOME if set; else torch's guess when it has headers; else /usr/local/cuda."""
+    for cand in (os.environ.get("CUDA_HOME"), cpp_extension.CUDA_HOME, "/usr/local/cuda"):
+        if cand and os.path.exists(os.path.join(cand, "include", "cuda_runtime.h")):
+            return cand
+    return None
+
+
+def want_cuda():
+    if os.environ.get("SE_FUSED_NO_CUDA", "0") == "1":
+        return False, None
+    if torch.version.cuda is None:
+        return False, None
+    home = find_cuda_home()
+    if home is None:
+        return False, None
+    nvcc = os.path.join(home, "bin", "nvcc")
+    if not os.path.exists(nvcc) and shutil.which("nvcc") is None:
+        return False, None
+    return True, home
+
+
+def cpu_flags():
+    flags = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
+    # The kernels are memory-bound loops the compiler vectorises; let it use the
+    # host's vector width. SE_FUSED_MARCH="" turns this off (e.g. for a portable build).
+    march = os.environ.get("SE_FUSED_MARCH", "native")
+    if march and platform.machine() in ("x86_64", "AMD64"):
+        flags.append(f"-march={march}")
+    return flags
+
+
+def extensions():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    use_cuda, cuda_home = want_cuda()
+    extra = {"cxx": cpu_flags()}
+    macros = []
+    if use_cuda:
+        # torch reads CUDA_HOME when it imports cpp_extension; make the choice stick.
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
+        macros.append(("SE_FUSED_WITH_CUDA", "1"))
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        ext_cls = cpp_extension.CppExtension
+    print(f"se_fused: building {'C++ and CUDA' if use_cuda else 'C++ only'} "
+          f"({len(sources)} sources)", flush=True)
+    return [
+        ext_cls(
+            "se_fused._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
+            define_macros=macros,
+            py_limited_api=True,
+        )
+    ]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

@@ -1,0 +1,295 @@
+"""The fused op (CPU) against the reference: values, gradients, dtypes, layouts,
+epilogues, odd shapes, autograd, torch.compile, autocast, errors."""
+import itertools
+
+import pytest
+import torch
+
+import se_fused
+from se_fused import reference
+
+from .helpers import TOL, make_inputs, run_both, assert_close_dtype
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+EPILOGUES = {"plain": (False, None), "residual": (True, None), "residual_relu": (True, "relu")}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation,gate", list(itertools.product(["relu", "silu"], ["sigmoid", "hardsigmoid"])))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias, epilogue):
+    residual, out_act = EPILOGUES[epilogue]
+    inputs = make_inputs((3, 10, 5, 3), 4, dtype, LAYOUTS[layout], bias=bias, residual=residual)
+    kw = dict(activation=activation, gate=gate, out_activation=out_act)
+    (y, grads), (y_ref, grads_ref) = run_both(inputs, kw)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert y.stride() == inputs["x"].stride()
+    assert_close_dtype(y, y_ref, dtype)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], dtype, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("N", [1, 5])
+@pytest.mark.parametrize("C", [1, 3, 100])
+@pytest.mark.parametrize("HW", [(1, 1), (7, 7), (3, 5)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_odd_shapes_match_reference(N, C, HW, layout):
+    inputs = make_inputs((N, C, *HW), max(1, C // 4), torch.float32, LAYOUTS[layout],
+                         residual=True)
+    (y, grads), (y_ref, grads_ref) = run_both(inputs, dict(activation="silu", out_activation="relu"))
+    assert_close_dtype(y, y_ref, torch.float32)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=f"grad {name}")
+
+
+def test_large_sample_spans_several_groups_and_chunks():
+    # Samples larger than the kernel's cache group, and channels_last pixel chunks.
+    for fmt in LAYOUTS.values():
+        inputs = make_inputs((3, 64, 130, 100), 8, torch.float32, fmt)
+        (y, grads), (y_ref, grads_ref) = run_both(inputs, {})
+        assert_close_dtype(y, y_ref, torch.float32)
+        for name in grads:
+            assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_float32_parameters_with_half_precision_x(dtype):
+    inputs = make_inputs((2, 16, 6, 6), 4, dtype, torch.channels_last, param_dtype=torch.float32)
+    (y, grads), (y_ref, grads_ref) = run_both(inputs, {})
+    assert y.dtype == dtype
+    assert grads["w1"].dtype == torch.float32 and grads["x"].dtype == dtype
+    assert_close_dtype(y, y_ref, dtype)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], dtype, what=name)
+
+
+def test_conv_shaped_weights_are_accepted_and_get_conv_shaped_grads():
+    inputs = make_inputs((2, 12, 4, 4), 3, torch.float64, torch.contiguous_format)
+    inputs["w1"] = inputs["w1"].detach().reshape(3, 12, 1, 1).requires_grad_()
+    inputs["w2"] = inputs["w2"].detach().reshape(12, 3, 1, 1).requires_grad_()
+    (y, grads), (y_ref, grads_ref) = run_both(inputs, {})
+    assert grads["w1"].shape == (3, 12, 1, 1) and grads["w2"].shape == (12, 3, 1, 1)
+    assert_close_dtype(y, y_ref, torch.float64)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], torch.float64, what=name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation,gate", [("relu", "sigmoid"), ("silu", "hardsigmoid")])
+def test_gradcheck_every_input_float64(layout, activation, gate):
+    inp = make_inputs((2, 5, 3, 4), 3, torch.float64, LAYOUTS[layout], residual=True)
+    f = lambda x, w1, b1, w2, b2, r: se_fused.squeeze_excite(  # noqa: E731
+        x, w1, b1, w2, b2, activation=activation, gate=gate, residual=r, out_activation="relu")
+    args = tuple(inp[k] for k in ("x", "w1", "b1", "w2", "b2", "residual"))
+    assert torch.autograd.gradcheck(f, args)
+
+
+@pytest.mark.parametrize("out_activation", [None, "relu"])
+def test_gradgradcheck_double_backward(out_activation):
+    inp = make_inputs((2, 4, 3, 3), 2, torch.float64, torch.contiguous_format, residual=True)
+    f = lambda x, w1, b1, w2, b2, r: se_fused.squeeze_excite(  # noqa: E731
+        x, w1, b1, w2, b2, activation="silu", residual=r, out_activation=out_activation)
+    args = tuple(inp[k] for k in ("x", "w1", "b1", "w2", "b2", "residual"))
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+def test_differentiable_backward_agrees_with_fused_backward():
+    from se_fused.ops import _backward_composite
+    inp = make_inputs((3, 8, 5, 5), 2, torch.float64, torch.channels_last)
+    x, w1, b1, w2, b2 = (inp[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))
+    y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid", "relu")
+    gy = torch.randn_like(y)
+    fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, "silu", "hardsigmoid", True)
+    composite = _backward_composite(gy, x, y, w1, b1, w2, b2, "silu", "hardsigmoid")
+    for a, b in zip(fused, composite):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def opcheck_args(requires_grad):
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=requires_grad)
+    w1 = torch.randn(2, 8, dtype=torch.float64, requires_grad=requires_grad)
+    w2 = torch.randn(8, 2, dtype=torch.float64, requires_grad=requires_grad)
+    b1 = torch.randn(2, dtype=torch.float64, requires_grad=requires_grad)
+    return x, w1, b1, w2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("residual,out_act", [(False, "none"), (True, "relu")])
+def test_opcheck_forward_op(layout, residual, out_act):
+    x, w1, b1, w2 = opcheck_args(True)
+    x = x.detach().to(memory_format=LAYOUTS[layout]).requires_grad_()
+    r = torch.randn_like(x, requires_grad=True) if residual else None
+    torch.library.opcheck(torch.ops.se_fused.se_forward.default,
+                          (x, w1, b1, w2, None, r, "silu", "sigmoid", out_act))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_opcheck_backward_op(masked):
+    x, w1, b1, w2 = opcheck_args(False)
+    y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid",
+                                         "relu" if masked else "none")
+    torch.library.opcheck(torch.ops.se_fused.se_backward.default,
+                          (torch.randn_like(x), x, z, y if masked else None, w1, b1, w2, None,
+                           "relu", "sigmoid", masked))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        def keep(g, _):
+            graphs.append(str(g.graph))
+            return make_boxed_func(g.forward)
+        return aot_module_simplified(gm, example_inputs, fw_compiler=keep, bw_compiler=keep)
+
+    torch._dynamo.reset()
+    inp = make_inputs((4, 16, 7, 7), 4, torch.float32, LAYOUTS[layout], residual=True)
+    kw = dict(activation="silu", gate="hardsigmoid", out_activation="relu")
+    fn = torch.compile(se_fused.squeeze_excite, fullgraph=True, backend=backend)
+    (y, grads), (y_ref, grads_ref) = run_both(inp, kw, fused=fn)
+    assert_close_dtype(y, y_ref, torch.float32)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
+    assert any("se_fused.se_forward" in g for g in graphs)
+    assert any("se_fused.se_backward" in g for g in graphs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(se_fused.squeeze_excite, fullgraph=True)  # inductor
+    (y2, grads2), _ = run_both(inp, kw, fused=compiled)
+    assert_close_dtype(y2, y_ref, torch.float32)
+    for name in grads2:
+        assert_close_dtype(grads2[name], grads_ref[name], torch.float32, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_conv_then_se_keeps_x_dtype_and_fp32_parameters(dtype):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    block = se_fused.FusedSEBlock(16, reduction=4)
+    ref_block = se_fused.SEBlock(16, reduction=4)
+    ref_block.load_state_dict(block.state_dict())
+    inp = torch.randn(2, 8, 9, 9)
+    with torch.autocast("cpu", dtype=dtype):
+        x = conv(inp)
+        y = block(x)
+        y_ref = reference.squeeze_excite(x, block.fc1.weight, block.fc1.bias, block.fc2.weight,
+                                         block.fc2.bias)
+    assert x.dtype == dtype and y.dtype == dtype
+    assert_close_dtype(y, y_ref, dtype)
+    y.float().sum().backward()
+    assert block.fc1.weight.grad.dtype == torch.float32
+
+
+def test_autocast_with_float32_x_stays_float32():
+    inp = make_inputs((2, 8, 4, 4), 2, torch.float32, torch.contiguous_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (y, _), (y_ref, _) = run_both(inp, {})
+    assert y.dtype == torch.float32
+    assert_close_dtype(y, y_ref, torch.float32)
+
+
+def test_results_do_not_depend_on_thread_count():
+    inputs = make_inputs((3, 40, 33, 31), 5, torch.float32, torch.channels_last, residual=True)
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(run_both(inputs, dict(out_activation="relu"))[0])
+    finally:
+        torch.set_num_threads(old)
+    for y, grads in outs[1:]:
+        assert torch.equal(y, outs[0][0])
+        for name in grads:
+            assert torch.equal(grads[name], outs[0][1][name]), name
+
+
+def test_empty_batch_returns_empty_and_zero_parameter_grads():
+    inp = make_inputs((0, 6, 4, 4), 2, torch.float32, torch.channels_last)
+    (y, grads), _ = run_both(inp, {})
+    assert y.shape == (0, 6, 4, 4)
+    assert grads["x"].shape == (0, 6, 4, 4)
+    assert torch.count_nonzero(grads["w1"]) == 0 and torch.count_nonzero(grads["b2"]) == 0
+
+
+def test_inputs_are_not_modified():
+    inp = make_inputs((2, 6, 4, 4), 2, torch.float32, torch.contiguous_format, residual=True)
+    before = {k: v.detach().clone() for k, v in inp.items() if v is not None}
+    run_both(inp, dict(out_activation="relu"))
+    for k, v in before.items():
+        assert torch.equal(inp[k].detach(), v), k
+
+
+def test_strided_and_offset_views_are_handled():
+    base = torch.randn(2 * 10 * 6 * 5 + 1, dtype=torch.float64)
+    x_offset = base[1:].view(2, 10, 6, 5)
+    x_sliced = torch.randn(2, 20, 6, 5, dtype=torch.float64)[:, ::2]
+    x_permuted = torch.randn(2, 6, 5, 10, dtype=torch.float64).permute(0, 3, 2, 1)
+    w1, w2 = torch.randn(3, 10, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
+    for x in (x_offset, x_sliced, x_permuted):
+        y = se_fused.squeeze_excite(x, w1, None, w2, None)
+        torch.testing.assert_close(y, reference.squeeze_excite(x, w1, None, w2, None),
+                                   **TOL[torch.float64])
+
+
+def test_residual_in_another_memory_format():
+    inp = make_inputs((2, 6, 4, 5), 2, torch.float64, torch.channels_last, residual=True)
+    inp["residual"] = inp["residual"].detach().contiguous().requires_grad_()
+    (y, grads), (y_ref, grads_ref) = run_both(inp, dict(out_activation="relu"))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close_dtype(y, y_ref, torch.float64)
+    assert_close_dtype(grads["residual"], grads_ref["residual"], torch.float64)
+
+
+# --- errors: each names the offending argument
+
+def _good():
+    return dict(x=torch.randn(2, 8, 4, 4), w1=torch.randn(2, 8), b1=torch.randn(2),
+                w2=torch.randn(8, 2), b2=torch.randn(8))
+
+
+def _call(over=None, **kw):
+    a = _good()
+    a.update(over or {})
+    return se_fused.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], **kw)
+
+
+@pytest.mark.parametrize("over,kw,exc,match", [
+    (dict(x=torch.randn(2, 8, 4)), {}, ValueError, "x must be 4-D"),
+    (dict(x=torch.randn(2, 8, 4, 4, 1)), {}, ValueError, "x must be 4-D"),
+    (dict(x=torch.randint(0, 5, (2, 8, 4, 4))), {}, TypeError, "x must be float32"),
+    (dict(x=torch.randn(2, 8, 0, 4)), {}, ValueError, "x has an empty spatial extent"),
+    (dict(w1=torch.randn(2, 7)), {}, ValueError, "w1 has 7 input channels"),
+    (dict(w1=torch.randn(2, 8, 3, 3)), {}, ValueError, "w1 must have shape"),
+    (dict(w2=torch.randn(7, 2)), {}, ValueError, "w2 has 7 output channels"),
+    (dict(w2=torch.randn(8, 3)), {}, ValueError, "w2 has 3 input channels but w1 has R = 2"),
+    (dict(b1=torch.randn(3)), {}, ValueError, "b1 must have shape"),
+    (dict(b2=torch.randn(8, 1)), {}, ValueError, "b2 must have shape"),
+    (dict(w1=torch.randint(0, 2, (2, 8))), {}, TypeError, "w1 must be a floating-point"),
+    (dict(x=[1.0]), {}, TypeError, "x must be a torch.Tensor"),
+    ({}, dict(activation="gelu"), ValueError, "activation must be 'relu' or 'silu'"),
+    ({}, dict(gate="tanh"), ValueError, "gate must be 'sigmoid' or 'hardsigmoid'"),
+    ({}, dict(activation=None), TypeError, "activation must be a string"),
+    ({}, dict(out_activation="gelu"), ValueError, "out_activation must be None or 'relu'"),
+    ({}, dict(out_activation="none"), ValueError, "out_activation must be None or 'relu'"),
+    ({}, dict(residual=torch.randn(2, 8, 4, 5)), ValueError, "residual must have x's shape"),
+    ({}, dict(residual=torch.randn(2, 8, 4, 4, dtype=torch.float64)), TypeError,
+     "residual must have x's dtype"),
+    (dict(w1=torch.randn(2, 8, device="meta")), {}, RuntimeError, "w1 is on meta"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_input_raises_error_naming_argument(over, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        _call(over, **kw)
+
+
+def test_reference_rejects_unknown_names_too():
+    a = _good()
+    with pytest.raises(ValueError, match="activation"):
+        reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="gelu")
