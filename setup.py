@@ -37,7 +37,9 @@ def want_cuda():
 
 
 def cpu_flags():
-    flags = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
+    # Python's CFLAGS bring -fwrapv, which stops gcc from seeing unit-stride
+    # accesses in the kernels (it emits gathers); the C++ standard is torch's.
+    flags = ["-O3", "-fno-wrapv", "-fopenmp"]
     # The kernels are memory-bound loops the compiler vectorises; let it use the
     # host's vector width. SE_FUSED_MARCH="" turns this off (e.g. for a portable build).
     march = os.environ.get("SE_FUSED_MARCH", "native")

@@ -74,6 +74,22 @@ void for_each_element(const SEArgs& a, int64_t g, const F& f) {
   }
 }
 
+// sum of v(off) for off in [base, base + n). Independent partial sums that gcc
+// turns into one vector register; `omp simd reduction` made it emit gathers here.
+template <typename acc_t, typename V>
+inline acc_t sum_run(const V& v, int64_t base, int64_t n) {
+  constexpr int kLanes = 32 / sizeof(acc_t) * 2;
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += v(base + i + k);
+  }
+  acc_t s = 0;
+  for (; i < n; ++i) s += v(base + i);
+  for (int k = 0; k < kLanes; ++k) s += part[k];
+  return s;
+}
+
 // out[nc] = sum over H*W of v(off), for every (sample, channel) of a group.
 template <typename acc_t, typename V>
 void sum_over_hw(const SEArgs& a, int64_t g, const V& v, acc_t* out,
@@ -82,11 +98,7 @@ void sum_over_hw(const SEArgs& a, int64_t g, const V& v, acc_t* out,
   if (!a.channels_last) {
     at::parallel_for(0, g * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
       for (int64_t row = r0; row < r1; ++row) {
-        const int64_t base = row * HW;
-        acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < HW; ++i) s += v(base + i);
-        out[row] = s;
+        out[row] = sum_run<acc_t>(v, row * HW, HW);
       }
     });
     return;
