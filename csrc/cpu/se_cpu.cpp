@@ -276,7 +276,9 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
       auto g_at = [=](int64_t off) {
         acc_t v = static_cast<acc_t>(gyg[off]);
         if constexpr (decltype(masked)::value) {
-          v = static_cast<acc_t>(yg[off]) > acc_t(0) ? v : acc_t(0);
+          // A multiply, not `y > 0 ? v : 0`: gcc 12 -O3 miscompiled that select
+          // inside sum_run's unrolled lanes (wrong ds, caught by the tests).
+          v *= acc_t(static_cast<acc_t>(yg[off]) > acc_t(0));
         }
         return v;
       };

@@ -838,14 +838,16 @@ Tiling make_tiling(int64_t N, int64_t C, int64_t HW, bool channels_last, int vec
     t.spb = std::min(t.spb, t.S);
   } else {
     const int64_t TC = ceil_div(C, vec);
-    t.G = pow2_at_least(TC, 64);
+    // A warp reads up to 32 consecutive vectors of a pixel row; the 8 or more thread
+    // rows of a block take different pixels.
+    t.G = pow2_at_least(TC, 32);
     const int64_t Tr = kThreads / t.G;
     t.cpb = int64_t(t.G) * vec;
     t.CB = ceil_div(TC, t.G);
     const int64_t have = N * t.CB;
     // Pixels per chunk when split: two rounds of the block's pixel rows and at least
-    // 64 bytes per channel, so the partials stay small next to the data.
-    const int64_t min_rows = std::max<int64_t>(2 * Tr, 64 / elem_size);
+    // 32 bytes per channel, so the partials stay small next to the data.
+    const int64_t min_rows = std::max<int64_t>(2 * Tr, 32 / elem_size);
     if (have < target && HW >= 2 * min_rows) {
       const int64_t S = std::min(ceil_div(target, have), HW / min_rows);
       t.L = ceil_div(HW, S);
