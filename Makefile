@@ -17,7 +17,7 @@ export MAX_JOBS
 BENCH_ARGS ?= --quick
 PYTEST_ARGS ?=
 
-.PHONY: setup build test bench clean
+.PHONY: setup build test bench bench-full clean
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_se.py $(BENCH_ARGS)
+
+bench-full: setup
+	$(PY) benchmarks/bench_se.py --full
 
 clean:
 	rm -rf build se_fused/*.so

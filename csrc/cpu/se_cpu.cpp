@@ -145,9 +145,7 @@ void linear(const acc_t* in, int64_t g, int64_t K, const acc_t* w, const acc_t* 
       const acc_t* wm = w + m * K;
       for (int64_t n = 0; n < g; ++n) {
         const acc_t* xn = in + n * K;
-        acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t k = 0; k < K; ++k) s += xn[k] * wm[k];
+        const acc_t s = sum_run<acc_t>([=](int64_t k) { return xn[k] * wm[k]; }, 0, K);
         out[n * M + m] = s + (b ? b[m] : acc_t(0));
       }
     }

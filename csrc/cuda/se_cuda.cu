@@ -42,6 +42,9 @@ namespace se_fused {
 namespace {
 
 constexpr int kThreads = 256;        // every kernel's block size
+// At least 4 resident blocks (1024 threads, <= 64 registers each) per SM, so the
+// memory-bound passes keep enough loads in flight.
+constexpr int kMinBlocksPerSM = 4;
 constexpr int64_t kBlockWork = 8192;  // elements a reduction block should cover at least
 constexpr int kOuterTile = 4;         // weight-gradient outputs per thread
 
@@ -718,7 +721,7 @@ struct ForwardArgs {
 };
 
 template <typename scalar_t, typename acc_t, bool CL>
-__global__ void __launch_bounds__(kThreads) se_forward_squeeze_kernel(ForwardArgs<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) se_forward_squeeze_kernel(ForwardArgs<scalar_t, acc_t> a) {
   const Tiling& t = a.squeeze;
   const Tile tile = decode_tile(t, blockIdx.x);
   tile_partial_sums<scalar_t, acc_t, CL>(XTerm<scalar_t, acc_t>{a.x}, a.x, t, tile, a.partial);
@@ -727,7 +730,7 @@ __global__ void __launch_bounds__(kThreads) se_forward_squeeze_kernel(ForwardArg
 }
 
 template <typename scalar_t, typename acc_t, bool CL>
-__global__ void __launch_bounds__(kThreads) se_forward_scale_kernel(ForwardArgs<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) se_forward_scale_kernel(ForwardArgs<scalar_t, acc_t> a) {
   const Tiling& t = a.scale;
   const Tile tile = decode_tile(t, t.blocks() - 1 - int64_t(blockIdx.x));
   const ScaleMap<scalar_t, acc_t> m{a.x, a.res, a.y, a.relu};
@@ -752,7 +755,7 @@ struct BackwardArgs {
 };
 
 template <typename scalar_t, typename acc_t, bool CL>
-__global__ void __launch_bounds__(kThreads) se_backward_reduce_kernel(BackwardArgs<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) se_backward_reduce_kernel(BackwardArgs<scalar_t, acc_t> a) {
   const Tiling& t = a.reduce;
   const Tile tile = decode_tile(t, blockIdx.x);
   tile_partial_sums<scalar_t, acc_t, CL>(GradXTerm<scalar_t, acc_t>{a.gy, a.x, a.y}, a.gy, t,
@@ -762,7 +765,7 @@ __global__ void __launch_bounds__(kThreads) se_backward_reduce_kernel(BackwardAr
 }
 
 template <typename scalar_t, typename acc_t, bool CL>
-__global__ void __launch_bounds__(kThreads) se_backward_map_kernel(BackwardArgs<scalar_t, acc_t> a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) se_backward_map_kernel(BackwardArgs<scalar_t, acc_t> a) {
   const int64_t b = blockIdx.x;
   if (b < a.param_blocks) {
     param_grad_item(a.grads, b * kThreads + threadIdx.x);
