@@ -43,16 +43,27 @@ SE_HD T sigmoid(T v) {
   return T(1) / (T(1) + se_exp(-v));
 }
 
+// ReLU and its gradient mask as torch.relu and its backward treat them: NaN
+// passes through, and the gradient is blocked only where the value is <= 0.
+template <typename T>
+SE_HD T apply_relu(T v) {
+  return v < T(0) ? T(0) : v;
+}
+template <typename T>
+SE_HD bool relu_passes(T v) {
+  return !(v <= T(0));
+}
+
 template <typename T>
 SE_HD T act_forward(Act a, T v) {
-  if (a == Act::ReLU) return v > T(0) ? v : T(0);
+  if (a == Act::ReLU) return apply_relu(v);
   return v * sigmoid(v);
 }
 
 // d act / d v, with PyTorch's conventions (relu'(0) = 0).
 template <typename T>
 SE_HD T act_derivative(Act a, T v) {
-  if (a == Act::ReLU) return v > T(0) ? T(1) : T(0);
+  if (a == Act::ReLU) return relu_passes(v) ? T(1) : T(0);
   T s = sigmoid(v);
   return s * (T(1) + v * (T(1) - s));
 }

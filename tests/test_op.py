@@ -293,3 +293,14 @@ def test_reference_rejects_unknown_names_too():
     a = _good()
     with pytest.raises(ValueError, match="activation"):
         reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="gelu")
+
+
+def test_output_relu_propagates_nan_like_torch_relu():
+    x = torch.randn(1, 4, 3, 3)
+    x[0, 1, 1, 1] = float("nan")
+    w1, w2 = torch.randn(2, 4), torch.randn(4, 2)
+    r = torch.randn_like(x)
+    r[0, 2, 0, 0] = float("nan")
+    y = se_fused.squeeze_excite(x, w1, None, w2, None, residual=r, out_activation="relu")
+    y_ref = reference.squeeze_excite(x, w1, None, w2, None, residual=r, out_activation="relu")
+    torch.testing.assert_close(y, y_ref, equal_nan=True)

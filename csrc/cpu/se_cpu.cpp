@@ -232,7 +232,7 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
         for_each_element(a, g, [=](int64_t off, int64_t nc) {
           acc_t v = static_cast<acc_t>(xg[off]) * sg[nc];
           if constexpr (decltype(has_res)::value) v += static_cast<acc_t>(rg[off]);
-          if constexpr (decltype(relu)::value) v = v > acc_t(0) ? v : acc_t(0);
+          if constexpr (decltype(relu)::value) v = apply_relu(v);
           yg[off] = static_cast<scalar_t>(v);
         });
       });
@@ -276,7 +276,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
         if constexpr (decltype(masked)::value) {
           // A multiply, not `y > 0 ? v : 0`: gcc 12 -O3 miscompiled that select
           // inside sum_run's unrolled lanes (wrong ds, caught by the tests).
-          v *= acc_t(static_cast<acc_t>(yg[off]) > acc_t(0));
+          v *= acc_t(relu_passes(static_cast<acc_t>(yg[off])));
         }
         return v;
       };

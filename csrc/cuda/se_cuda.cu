@@ -14,12 +14,15 @@
 //   2. grad_x = g * s + dz / HW (and grad_residual = g), plus extra blocks (first in
 //      the grid) that form the weight and bias gradients by looping over n in order.
 // Every summation order depends on the shape only (never on timing), so results are
-// deterministic and no float atomics are used.
+// deterministic and no float atomics are used. The small layers of a sample run in a
+// single block, so their cost (reading W1 and W2 from L2 on one SM) is a serial tail
+// of each launch; it matters only when C * R is large (e.g. C = 2048, R = 128).
 //
 // Layouts: NCHW rows of H*W are reduced by groups of G lanes (G = 32, or the power
-// of two covering a small H*W, so a warp packs several channels of a 7x7 map);
-// channels_last pixel rows are read coalesced across C by a (threads-over-C) x
-// (threads-over-pixels) block. 16-byte vectors are used where the pointers and
+// of two covering the vectors of a short row, so a warp packs several channels of
+// a 7x7 map; with fewer channels than groups the spare groups take further H*W
+// chunks); channels_last pixel rows are read coalesced across C by a
+// (threads-over-C) x (threads-over-pixels) block. 16-byte vectors are used where the pointers and
 // sizes allow (NCHW: every array shares its offset from a 16-byte boundary, the
 // misaligned head of each row is peeled; channels_last: every array 16-byte
 // aligned and C a multiple of the vector width); a scalar path handles the rest.
@@ -130,7 +133,7 @@ __device__ __forceinline__ acc_t group_sum(acc_t a, int G) {
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t relu_mask(scalar_t y) {
-  return static_cast<acc_t>(y) > acc_t(0) ? acc_t(1) : acc_t(0);
+  return relu_passes(static_cast<acc_t>(y)) ? acc_t(1) : acc_t(0);
 }
 
 // ---- per-element terms of the reductions -------------------------------------
@@ -187,7 +190,7 @@ struct ScaleMap {
   bool relu;
   __device__ __forceinline__ acc_t out(acc_t xv, acc_t s, acc_t r) const {
     acc_t v = xv * s + r;
-    if (relu) v = v > acc_t(0) ? v : acc_t(0);
+    if (relu) v = apply_relu(v);
     return v;
   }
   __device__ __forceinline__ void one(int64_t i, acc_t s, acc_t) const {
