@@ -61,10 +61,18 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def thp_alloc(device: torch.device) -> bool:
+    """PyTorch's CPU allocator backs large tensors with transparent huge pages
+    (THP_MEM_ALLOC_ENABLE=1). Then a fresh output no longer pays a page fault
+    every 4 KiB, which on some machines costs more than the copy itself."""
+    return device.type == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1"
+
+
 def device_slug(device: torch.device, name: str) -> str:
-    """e.g. "cpu-amd-epyc", "nvidia-h100-80gb-hbm3"."""
+    """e.g. "cpu-amd-epyc", "cpu-amd-epyc-thp", "nvidia-h100-80gb-hbm3"."""
     slug = slugify(name)
-    return slug if device.type == "cuda" or slug.startswith("cpu") else f"cpu-{slug}"
+    slug = slug if device.type == "cuda" or slug.startswith("cpu") else f"cpu-{slug}"
+    return f"{slug}-thp" if thp_alloc(device) else slug
 
 
 def load_average() -> Optional[float]:
@@ -101,6 +109,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        "thp_alloc": thp_alloc(device),
         "cpu_cores": os.cpu_count(),
         "load_before": load_average(),
     }

@@ -121,7 +121,9 @@ def markdown(result: dict, images: Sequence[str] = ()) -> str:
         f"## se_fused benchmark: {result['device']}",
         "",
         f"- device: **{result['device']}** ({result['device_type']}, {result['threads']} torch "
-        f"threads); torch {result['torch']}, CUDA {result['cuda'] or 'none'}",
+        f"threads); torch {result['torch']}, CUDA {result['cuda'] or 'none'}"
+        + ("; CPU allocator on transparent huge pages (`THP_MEM_ALLOC_ENABLE=1`)"
+           if result.get("thp_alloc") else ""),
         f"- commit `{short}`, csrc sha256 `{result['csrc_sha256'][:16]}`, {result['date']}, "
         f"`{' '.join(result['argv'])}` ({'quick' if result['quick'] else 'full'})",
         f"- roofline: device copy `dst.copy_(src)` of {result['copy_MiB']} MiB = "
