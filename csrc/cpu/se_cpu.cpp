@@ -202,6 +202,34 @@ void excite(const SEArgs& a, const Params<acc_t>& p, const acc_t* z, int64_t g, 
   for (int64_t i = 0; i < g * a.C; ++i) s[i] = gate_forward(a.gate, a2[i]);
 }
 
+// ---- scheduling over the batch ---------------------------------------------
+
+// Runs body(n0, g) on consecutive groups of g samples covering the batch.
+// With at least two samples per thread and samples much larger than the
+// weights, each thread takes whole samples (body's inner at::parallel_for loops
+// then run inline): one thread's squeeze overlaps another's scale, with no
+// barrier between them, and each sample is re-read from that core's cache.
+// Otherwise groups that fit in cache are spread over all threads, one after
+// the other, and the weights are read once per group. Both orders compute
+// exactly the same sums, so the results do not depend on the choice.
+template <typename F>
+void for_each_group(int64_t N, int64_t sample_bytes, int64_t weight_bytes, const F& body) {
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && N >= 2 * threads && sample_bytes >= 4 * weight_bytes) {
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) body(n, 1);
+    });
+    return;
+  }
+  const int64_t G = std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(1, sample_bytes), 1, N);
+  for (int64_t n0 = 0; n0 < N; n0 += G) body(n0, std::min(G, N - n0));
+}
+
+template <typename acc_t>
+int64_t weight_bytes(const SEArgs& a) {
+  return 2 * a.R * a.C * int64_t(sizeof(acc_t));
+}
+
 // ---- forward ---------------------------------------------------------------
 
 template <typename scalar_t>
@@ -210,12 +238,10 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = a.C, HW = a.hw(), R = a.R, sample = C * HW;
   const int64_t bytes = sample * int64_t(sizeof(scalar_t)) * (res ? 3 : 2);
-  const int64_t G = std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(1, bytes), 1, a.N);
-  std::vector<acc_t> a1(G * R), h(G * R), a2(G * C), s(G * C), partial;
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
 
-  for (int64_t n0 = 0; n0 < a.N; n0 += G) {
-    const int64_t g = std::min(G, a.N - n0);
+  for_each_group(a.N, bytes, weight_bytes<acc_t>(a), [&](int64_t n0, int64_t g) {
+    std::vector<acc_t> a1(g * R), h(g * R), a2(g * C), s(g * C), partial;
     const scalar_t* xg = x + n0 * sample;
     const scalar_t* rg = res ? res + n0 * sample : nullptr;
     scalar_t* yg = y + n0 * sample;
@@ -237,7 +263,7 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
         });
       });
     });
-  }
+  });
 }
 
 // ---- backward --------------------------------------------------------------
@@ -252,14 +278,12 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   const int64_t N = a.N, C = a.C, HW = a.hw(), R = a.R, sample = C * HW;
   const int64_t streams = 3 + (y ? 1 : 0) + (gres ? 1 : 0);
   const int64_t bytes = sample * int64_t(sizeof(scalar_t)) * streams;
-  const int64_t G = std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(1, bytes), 1, N);
   // Kept for the whole batch: the weight gradients are summed after the loop.
   std::vector<acc_t> h(N * R), da1(N * R), da2(N * C);
-  std::vector<acc_t> a1(G * R), dh(G * R), a2(G * C), s(G * C), dz(G * C), partial;
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
 
-  for (int64_t n0 = 0; n0 < N; n0 += G) {
-    const int64_t g = std::min(G, N - n0);
+  for_each_group(N, bytes, weight_bytes<acc_t>(a), [&](int64_t n0, int64_t g) {
+    std::vector<acc_t> a1(g * R), dh(g * R), a2(g * C), s(g * C), dz(g * C), partial;
     const scalar_t* gyg = gy + n0 * sample;
     const scalar_t* xg = x + n0 * sample;
     const scalar_t* yg = y ? y + n0 * sample : nullptr;
@@ -302,7 +326,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
         });
       });
     });
-  }
+  });
   batch_outer_sum(da1.data(), z, N, R, C, gw1, gb1);
   batch_outer_sum(da2.data(), h.data(), N, C, R, gw2, gb2);
 }
