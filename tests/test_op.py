@@ -308,3 +308,20 @@ def test_output_relu_propagates_nan_like_torch_relu():
     y = se_fused.squeeze_excite(x, w1, None, w2, None, residual=r, out_activation="relu")
     y_ref = reference.squeeze_excite(x, w1, None, w2, None, residual=r, out_activation="relu")
     torch.testing.assert_close(y, y_ref, equal_nan=True)
+
+
+def test_inference_path_matches_and_records_no_graph():
+    inp = make_inputs((2, 8, 5, 5), 2, torch.float32, torch.channels_last, residual=True)
+    args = [inp[k] for k in ("x", "w1", "b1", "w2", "b2")]
+    kw = dict(residual=inp["residual"], out_activation="relu")
+    expected = reference.squeeze_excite(*args, **kw).detach()
+    with torch.no_grad():
+        y_no_grad = se_fused.squeeze_excite(*args, **kw)
+    with torch.inference_mode():
+        y_inference = se_fused.squeeze_excite(*args, **kw)
+    y_detached = se_fused.squeeze_excite(*(a.detach() for a in args), residual=kw["residual"].detach(),
+                                         out_activation="relu")
+    for y in (y_no_grad, y_inference, y_detached):
+        assert y.grad_fn is None and not y.requires_grad
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close_dtype(y, expected, torch.float32)
