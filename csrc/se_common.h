@@ -112,4 +112,45 @@ at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like);
 // Float type the squeeze and small layers use: double for double x, else float.
 at::ScalarType acc_dtype(at::ScalarType x_dtype);
 
+// The small layers' parameters in the accumulation dtype, contiguous; an
+// undefined bias means none.
+struct ParamTensors {
+  at::Tensor w1, b1, w2, b2;
+};
+
+// One call's tensors as both back ends' kernels take them (se_buffers.cpp):
+// outputs allocated, inputs in the outputs' layout, a.channels_last set.
+struct ForwardCall {
+  SEArgs a;
+  at::Tensor y, z;    // outputs
+  at::Tensor x, res;  // res undefined without a residual
+  ParamTensors p;
+};
+ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
+                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b2,
+                            const c10::optional<at::Tensor>& residual);
+
+struct BackwardCall {
+  SEArgs a;
+  at::Tensor gx, gres, gw1, gb1, gw2, gb2;  // outputs; gres is (0,) unless requested
+  at::Tensor gy, x, y, z;                    // y undefined without the output relu
+  ParamTensors p;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs()
+      const {
+    return {gx, gres, gw1, gb1, gw2, gb2};
+  }
+};
+// With an empty x the parameter gradients come back zeroed and nothing else is prepared.
+BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at::Tensor& x,
+                              const at::Tensor& z, const c10::optional<at::Tensor>& y,
+                              const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                              const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                              bool want_grad_residual);
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
 }  // namespace se_fused

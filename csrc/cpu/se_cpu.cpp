@@ -333,26 +333,10 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
 
 // ---- entry points ------------------------------------------------------------
 
-struct ParamTensors {
-  at::Tensor w1, b1, w2, b2;
-  template <typename acc_t>
-  Params<acc_t> view() const {
-    return {w1.data_ptr<acc_t>(), b1.defined() ? b1.data_ptr<acc_t>() : nullptr,
-            w2.data_ptr<acc_t>(), b2.defined() ? b2.data_ptr<acc_t>() : nullptr};
-  }
-};
-
-ParamTensors params_in(at::ScalarType acc, const at::Tensor& w1,
-                       const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                       const c10::optional<at::Tensor>& b2) {
-  auto conv = [acc](const at::Tensor& t) { return t.to(acc).contiguous(); };
-  return {conv(w1), b1.has_value() ? conv(*b1) : at::Tensor(), conv(w2),
-          b2.has_value() ? conv(*b2) : at::Tensor()};
-}
-
-template <typename T>
-T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
+template <typename acc_t>
+Params<acc_t> params_view(const ParamTensors& p) {
+  return {p.w1.data_ptr<acc_t>(), ptr_or_null<acc_t>(p.b1), p.w2.data_ptr<acc_t>(),
+          ptr_or_null<acc_t>(p.b2)};
 }
 
 std::tuple<at::Tensor, at::Tensor> se_forward_cpu(
@@ -360,22 +344,17 @@ std::tuple<at::Tensor, at::Tensor> se_forward_cpu(
     const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
     const c10::optional<at::Tensor>& residual, c10::string_view activation,
     c10::string_view gate, c10::string_view out_activation) {
-  SEArgs a = check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
-  at::Tensor y = empty_like_layout(x);
-  a.channels_last = !y.is_contiguous();
-  const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor z = at::empty({a.N, a.C}, x.options().dtype(acc));
-  if (y.numel() == 0) return {y, z};
-  const at::Tensor xc = in_layout_of(x, y);
-  const at::Tensor rc = residual.has_value() ? in_layout_of(*residual, y) : at::Tensor();
-  const ParamTensors pt = params_in(acc, w1, b1, w2, b2);
-
+  const ForwardCall c = prepare_forward(
+      check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation), x, w1,
+      b1, w2, b2, residual);
+  if (c.y.numel() == 0) return {c.y, c.z};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t>(a, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(rc),
-                             y.data_ptr<scalar_t>(), z.data_ptr<acc_t>(), pt.view<acc_t>());
+    forward_kernel<scalar_t>(c.a, c.x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c.res),
+                             c.y.data_ptr<scalar_t>(), c.z.data_ptr<acc_t>(),
+                             params_view<acc_t>(c.p));
   });
-  return {y, z};
+  return {c.y, c.z};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -384,34 +363,20 @@ se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor&
                 const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                 const c10::optional<at::Tensor>& b2, c10::string_view activation,
                 c10::string_view gate, bool want_grad_residual) {
-  SEArgs a = check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate);
-  const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor gx = empty_like_layout(x);
-  a.channels_last = !gx.is_contiguous();
-  at::Tensor gres = (a.out_relu && want_grad_residual) ? at::empty_like(gx)
-                                                       : at::empty({0}, x.options());
-  auto popts = x.options().dtype(acc);
-  at::Tensor gw1 = at::empty({a.R, a.C}, popts), gb1 = at::empty({a.R}, popts);
-  at::Tensor gw2 = at::empty({a.C, a.R}, popts), gb2 = at::empty({a.C}, popts);
-  if (gx.numel() == 0) {
-    gw1.zero_(), gb1.zero_(), gw2.zero_(), gb2.zero_();
-    return {gx, gres, gw1, gb1, gw2, gb2};
-  }
-  const at::Tensor gyc = in_layout_of(grad_y, gx);
-  const at::Tensor xc = in_layout_of(x, gx);
-  const at::Tensor yc = a.out_relu ? in_layout_of(*y, gx) : at::Tensor();
-  const at::Tensor zc = z.to(acc).contiguous();
-  const ParamTensors pt = params_in(acc, w1, b1, w2, b2);
-
+  const BackwardCall c = prepare_backward(
+      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate), grad_y, x, z, y,
+      w1, b1, w2, b2, want_grad_residual);
+  if (c.gx.numel() == 0) return c.outputs();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(a, gyc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
-                              ptr_or_null<scalar_t>(yc), zc.data_ptr<acc_t>(), pt.view<acc_t>(),
-                              gx.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(gres),
-                              gw1.data_ptr<acc_t>(), gb1.data_ptr<acc_t>(),
-                              gw2.data_ptr<acc_t>(), gb2.data_ptr<acc_t>());
+    backward_kernel<scalar_t>(c.a, c.gy.data_ptr<scalar_t>(), c.x.data_ptr<scalar_t>(),
+                              ptr_or_null<scalar_t>(c.y), c.z.data_ptr<acc_t>(),
+                              params_view<acc_t>(c.p), c.gx.data_ptr<scalar_t>(),
+                              ptr_or_null<scalar_t>(c.gres), c.gw1.data_ptr<acc_t>(),
+                              c.gb1.data_ptr<acc_t>(), c.gw2.data_ptr<acc_t>(),
+                              c.gb2.data_ptr<acc_t>());
   });
-  return {gx, gres, gw1, gb1, gw2, gb2};
+  return c.outputs();
 }
 
 }  // namespace

@@ -870,23 +870,6 @@ unsigned int grid_of(int64_t blocks) {
   return static_cast<unsigned int>(blocks);
 }
 
-struct ParamTensors {
-  at::Tensor w1, b1, w2, b2;
-};
-
-ParamTensors params_in(at::ScalarType acc, const at::Tensor& w1,
-                       const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                       const c10::optional<at::Tensor>& b2) {
-  auto conv = [acc](const at::Tensor& t) { return t.to(acc).contiguous(); };
-  return {conv(w1), b1.has_value() ? conv(*b1) : at::Tensor(), conv(w2),
-          b2.has_value() ? conv(*b2) : at::Tensor()};
-}
-
-template <typename T>
-T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 template <typename acc_t>
 SmallLayers<acc_t> layers_of(const SEArgs& a, const ParamTensors& p) {
   return {p.w1.data_ptr<acc_t>(), ptr_or_null<acc_t>(p.b1), p.w2.data_ptr<acc_t>(),
@@ -900,17 +883,15 @@ std::tuple<at::Tensor, at::Tensor> se_forward_cuda(
     const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
     const c10::optional<at::Tensor>& residual, c10::string_view activation,
     c10::string_view gate, c10::string_view out_activation) {
-  SEArgs a = check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
+  const SEArgs checked =
+      check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = empty_like_layout(x);
-  a.channels_last = !y.is_contiguous();
-  const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor z = at::empty({a.N, a.C}, x.options().dtype(acc));
+  const ForwardCall c = prepare_forward(checked, x, w1, b1, w2, b2, residual);
+  const SEArgs& a = c.a;
+  const at::Tensor &y = c.y, &z = c.z, &xc = c.x, &rc = c.res;
+  const ParamTensors& pt = c.p;
   if (y.numel() == 0) return {y, z};
-
-  const at::Tensor xc = in_layout_of(x, y);
-  const at::Tensor rc = residual.has_value() ? in_layout_of(*residual, y) : at::Tensor();
-  const ParamTensors pt = params_in(acc, w1, b1, w2, b2);
+  const auto acc = acc_dtype(x.scalar_type());
   const int sms = sm_count(x.get_device());
   const int esize = static_cast<int>(x.element_size());
   const bool cl = a.channels_last;
@@ -969,26 +950,17 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
                  const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2, c10::string_view activation,
                  c10::string_view gate, bool want_grad_residual) {
-  SEArgs a = check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate);
+  const SEArgs checked = check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate);
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor gx = empty_like_layout(x);
-  a.channels_last = !gx.is_contiguous();
-  at::Tensor gres = (a.out_relu && want_grad_residual) ? empty_like_layout(x)
-                                                       : at::empty({0}, x.options());
-  const auto popts = x.options().dtype(acc);
-  at::Tensor gw1 = at::empty({a.R, a.C}, popts), gb1 = at::empty({a.R}, popts);
-  at::Tensor gw2 = at::empty({a.C, a.R}, popts), gb2 = at::empty({a.C}, popts);
-  if (gx.numel() == 0) {
-    gw1.zero_(), gb1.zero_(), gw2.zero_(), gb2.zero_();
-    return {gx, gres, gw1, gb1, gw2, gb2};
-  }
-
-  const at::Tensor gyc = in_layout_of(grad_y, gx);
-  const at::Tensor xc = in_layout_of(x, gx);
-  const at::Tensor yc = a.out_relu ? in_layout_of(y->to(x.scalar_type()), gx) : at::Tensor();
-  const at::Tensor zc = z.to(acc).contiguous();
-  const ParamTensors pt = params_in(acc, w1, b1, w2, b2);
+  const BackwardCall c = prepare_backward(checked, grad_y, x, z, y, w1, b1, w2, b2,
+                                          want_grad_residual);
+  if (c.gx.numel() == 0) return c.outputs();
+  const SEArgs& a = c.a;
+  const at::Tensor &gx = c.gx, &gres = c.gres, &gw1 = c.gw1, &gb1 = c.gb1, &gw2 = c.gw2,
+                   &gb2 = c.gb2;
+  const at::Tensor &gyc = c.gy, &xc = c.x, &yc = c.y, &zc = c.z;
+  const ParamTensors& pt = c.p;
+  const auto popts = x.options().dtype(acc_dtype(x.scalar_type()));
   const int sms = sm_count(x.get_device());
   const int esize = static_cast<int>(x.element_size());
   const bool cl = a.channels_last;
@@ -1016,7 +988,7 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
     args.x = xc.data_ptr<scalar_t>();
     args.y = ptr_or_null<scalar_t>(yc);
     args.gx = gx.data_ptr<scalar_t>();
-    args.gres = gres.numel() > 0 ? gres.data_ptr<scalar_t>() : nullptr;
+    args.gres = ptr_or_null<scalar_t>(gres);
     args.z = zc.data_ptr<acc_t>();
     acc_t* ws = work.data_ptr<acc_t>();
     args.partial = ws;
@@ -1050,7 +1022,7 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {gx, gres, gw1, gb1, gw2, gb2};
+  return c.outputs();
 }
 
 }  // namespace se_fused
