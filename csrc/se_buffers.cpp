@@ -19,10 +19,11 @@ ParamTensors params_in(at::ScalarType acc, const at::Tensor& w1,
 ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
                             const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                             const c10::optional<at::Tensor>& b2,
-                            const c10::optional<at::Tensor>& residual) {
+                            const c10::optional<at::Tensor>& residual, bool inplace) {
   ForwardCall c;
   c.a = checked;
-  c.y = empty_like_layout(x);
+  if (inplace) check_inplace_x(x);
+  c.y = inplace ? x : empty_like_layout(x);
   c.a.channels_last = !c.y.is_contiguous();
   const auto acc = acc_dtype(x.scalar_type());
   c.z = at::empty({c.a.N, c.a.C}, x.options().dtype(acc));

@@ -96,6 +96,12 @@ at::ScalarType acc_dtype(at::ScalarType x_dtype) {
   return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+void check_inplace_x(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast),
+                    "se_fused: inplace=True needs x dense in NCHW or channels_last, got strides ",
+                    x.strides(), " for shape ", x.sizes());
+}
+
 at::Tensor empty_like_layout(const at::Tensor& x) {
   if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return at::empty_like(x);
@@ -131,9 +137,14 @@ SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
                            const at::Tensor& z, const c10::optional<at::Tensor>& y,
                            const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                           c10::string_view activation, c10::string_view gate) {
+                           c10::string_view activation, c10::string_view gate,
+                           bool x_is_output) {
   SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
   a.out_relu = y.has_value();
+  a.from_y = x_is_output;
+  TORCH_CHECK_VALUE(!(x_is_output && y.has_value()),
+                    "se_fused: x_is_output (the y-only backward) needs a call without epilogue, "
+                    "but y (the output-relu mask) was given");
   check_same_device(grad_y, "grad_y", x);
   check_same_device(z, "z", x);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "se_fused: grad_y must have x's shape ",

@@ -26,6 +26,7 @@ struct SEArgs {
   Gate gate = Gate::Sigmoid;
   bool out_relu = false;
   bool channels_last = false;  // layout the kernel reads and writes
+  bool from_y = false;         // backward: the saved tensor is y = x * s, not x
   int64_t hw() const { return H * W; }
 };
 
@@ -87,6 +88,19 @@ SE_HD T gate_derivative(Gate g, T v) {
   return (v > T(-3) && v < T(3)) ? T(1) / T(6) : T(0);
 }
 
+// d loss / d a2 from one channel's reduction d = sum_hw g * v (g: the gradient
+// reaching x * s).
+// v = x: d is ds, and da2 = ds * gate'(a2).
+// v = y = x * s (the y-only backward, no epilogue): ds = d / s, and gate'(a2) / s
+// needs no division for the sigmoid, da2 = d * (1 - s); for the hardsigmoid,
+// s = (a2 + 3) / 6 > 0 on its slope, so da2 = d / (a2 + 3) there and 0 elsewhere.
+template <typename T>
+SE_HD T gate_input_grad(Gate g, T a2, T d, bool from_y) {
+  if (!from_y) return d * gate_derivative(g, a2);
+  if (g == Gate::Sigmoid) return d * (T(1) - sigmoid(a2));
+  return (a2 > T(-3) && a2 < T(3)) ? d / (a2 + T(3)) : T(0);
+}
+
 // Argument checks (se_checks.cpp): the single place that validates user input.
 SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
                           const c10::optional<at::Tensor>& b1,
@@ -100,7 +114,11 @@ SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
                            const at::Tensor& z, const c10::optional<at::Tensor>& y,
                            const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                           c10::string_view activation, c10::string_view gate);
+                           c10::string_view activation, c10::string_view gate,
+                           bool x_is_output);
+
+// se_forward_ writes y over x: x must be dense NCHW or channels_last.
+void check_inplace_x(const at::Tensor& x);
 
 // The output allocation rule shared with the Python fake kernels: x's exact
 // strides when x is dense NCHW or NHWC, otherwise a fresh NCHW tensor.
@@ -120,6 +138,8 @@ struct ParamTensors {
 
 // One call's tensors as both back ends' kernels take them (se_buffers.cpp):
 // outputs allocated, inputs in the outputs' layout, a.channels_last set.
+// In place, y is x itself (the kernels must allow y == x: each element is read
+// before it is written, by the same thread).
 struct ForwardCall {
   SEArgs a;
   at::Tensor y, z;    // outputs
@@ -129,7 +149,7 @@ struct ForwardCall {
 ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
                             const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                             const c10::optional<at::Tensor>& b2,
-                            const c10::optional<at::Tensor>& residual);
+                            const c10::optional<at::Tensor>& residual, bool inplace = false);
 
 struct BackwardCall {
   SEArgs a;

@@ -18,12 +18,21 @@ TORCH_LIBRARY(se_fused, m) {
   m.def(
       "se_forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor? residual, "
       "str activation, str gate, str out_activation) -> (Tensor y, Tensor z)");
+  // The same with y written over x (dense NCHW or channels_last), which is returned as
+  // it is; only z is new.
+  m.def(
+      "se_forward_(Tensor(a!) x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "Tensor? residual, str activation, str gate, str out_activation) -> Tensor z");
   // y is given when out_activation was 'relu' (its sign is the mask). grad_residual is the
   // masked grad_y when y is given and want_grad_residual, else an empty (0,) tensor.
   // Parameter grads come in float32 (float64 for float64 x).
+  // x_is_output: the tensor passed as x is the forward's output y = x * s (the y-only
+  // backward of a call without epilogue, so y must be None); the gate's backward then
+  // works from sum_hw g * y (see gate_input_grad in se_common.h).
   m.def(
       "se_backward(Tensor grad_y, Tensor x, Tensor z, Tensor? y, Tensor w1, Tensor? b1, "
-      "Tensor w2, Tensor? b2, str activation, str gate, bool want_grad_residual) -> "
+      "Tensor w2, Tensor? b2, str activation, str gate, bool want_grad_residual, "
+      "bool x_is_output=False) -> "
       "(Tensor grad_x, Tensor grad_residual, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, "
       "Tensor grad_b2)");
 }

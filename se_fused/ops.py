@@ -93,8 +93,16 @@ def _se_forward_fake(x, w1, b1, w2, b2, residual, activation, gate, out_activati
     return _empty_like_layout(x), x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x))
 
 
+@torch.library.register_fake("se_fused::se_forward_")
+def _se_forward_inplace_fake(x, w1, b1, w2, b2, residual, activation, gate, out_activation):
+    torch._check(x.dim() == 4, lambda: "se_fused: x must be 4-D (N, C, H, W)")
+    _check_devices(x, w1=w1, b1=b1, w2=w2, b2=b2, residual=residual)
+    return x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x))
+
+
 @torch.library.register_fake("se_fused::se_backward")
-def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_grad_residual):
+def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_grad_residual,
+                      x_is_output=False):
     acc = _acc_dtype(x)
     grad_res = (_empty_like_layout(x) if (y is not None and want_grad_residual)
                 else x.new_empty((0,)))

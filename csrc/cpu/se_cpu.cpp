@@ -304,13 +304,14 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
         }
         return v;
       };
-      // ds = sum_hw g * x, stored in dz's buffer until the small layers need it.
+      // ds = sum_hw g * x (sum_hw g * y in the y-only backward), stored in dz's buffer
+      // until the small layers need it.
       sum_over_hw<acc_t>(
           a, g, [=](int64_t off) { return g_at(off) * static_cast<acc_t>(xg[off]); }, dz.data(),
           partial);
 
       excite(a, p, z + n0 * C, g, a1.data(), hg, a2.data(), s.data());
-      for (int64_t i = 0; i < g * C; ++i) da2g[i] = dz[i] * gate_derivative(a.gate, a2[i]);
+      for (int64_t i = 0; i < g * C; ++i) da2g[i] = gate_input_grad(a.gate, a2[i], dz[i], a.from_y);
       linear_transposed(da2g, g, C, p.w2, R, dh.data());
       for (int64_t i = 0; i < g * R; ++i) da1g[i] = dh[i] * act_derivative(a.act, a1[i]);
       linear_transposed(da1g, g, R, p.w1, C, dz.data());
@@ -339,22 +340,42 @@ Params<acc_t> params_view(const ParamTensors& p) {
           ptr_or_null<acc_t>(p.b2)};
 }
 
-std::tuple<at::Tensor, at::Tensor> se_forward_cpu(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c = prepare_forward(
+ForwardCall run_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
+                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b2,
+                            const c10::optional<at::Tensor>& residual,
+                            c10::string_view activation, c10::string_view gate,
+                            c10::string_view out_activation, bool inplace) {
+  ForwardCall c = prepare_forward(
       check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation), x, w1,
-      b1, w2, b2, residual);
-  if (c.y.numel() == 0) return {c.y, c.z};
+      b1, w2, b2, residual, inplace);
+  if (c.y.numel() == 0) return c;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t>(c.a, c.x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c.res),
                              c.y.data_ptr<scalar_t>(), c.z.data_ptr<acc_t>(),
                              params_view<acc_t>(c.p));
   });
+  return c;
+}
+
+std::tuple<at::Tensor, at::Tensor> se_forward_cpu(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, c10::string_view activation,
+    c10::string_view gate, c10::string_view out_activation) {
+  const ForwardCall c =
+      run_forward_cpu(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
   return {c.y, c.z};
+}
+
+at::Tensor se_forward_inplace_cpu(const at::Tensor& x, const at::Tensor& w1,
+                                  const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                  const c10::optional<at::Tensor>& b2,
+                                  const c10::optional<at::Tensor>& residual,
+                                  c10::string_view activation, c10::string_view gate,
+                                  c10::string_view out_activation) {
+  return run_forward_cpu(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true).z;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -362,9 +383,10 @@ se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor&
                 const c10::optional<at::Tensor>& y, const at::Tensor& w1,
                 const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                 const c10::optional<at::Tensor>& b2, c10::string_view activation,
-                c10::string_view gate, bool want_grad_residual) {
+                c10::string_view gate, bool want_grad_residual, bool x_is_output) {
   const BackwardCall c = prepare_backward(
-      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate), grad_y, x, z, y,
+      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output),
+      grad_y, x, z, y,
       w1, b1, w2, b2, want_grad_residual);
   if (c.gx.numel() == 0) return c.outputs();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
@@ -384,5 +406,6 @@ se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor&
 
 TORCH_LIBRARY_IMPL(se_fused, CPU, m) {
   m.impl("se_forward", &se_fused::se_forward_cpu);
+  m.impl("se_forward_", &se_fused::se_forward_inplace_cpu);
   m.impl("se_backward", &se_fused::se_backward_cpu);
 }

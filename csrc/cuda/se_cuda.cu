@@ -468,6 +468,7 @@ struct SmallLayers {
   int64_t C, R;
   Act act;
   Gate gate;
+  bool from_y;  // backward: the reduction was sum_hw g * y (y-only backward)
 };
 
 // The small layers of one sample run in one block; their weights come from L2, so
@@ -634,7 +635,7 @@ __device__ void finish_sample_backward(const SmallLayers<acc_t>& p, const acc_t*
   row_dots(p.w2, hn, C, R, [&](int64_t c, acc_t a) {
     if (p.b2 != nullptr) a += p.b2[c];
     sn[c] = gate_forward(p.gate, a);
-    da2n[c] = da2n[c] * gate_derivative(p.gate, a);
+    da2n[c] = gate_input_grad(p.gate, a, da2n[c], p.from_y);
   });
   __syncthreads();
   // dh = W2^T da2, da1 = dh * act'(a1)
@@ -873,24 +874,25 @@ unsigned int grid_of(int64_t blocks) {
 template <typename acc_t>
 SmallLayers<acc_t> layers_of(const SEArgs& a, const ParamTensors& p) {
   return {p.w1.data_ptr<acc_t>(), ptr_or_null<acc_t>(p.b1), p.w2.data_ptr<acc_t>(),
-          ptr_or_null<acc_t>(p.b2), a.C, a.R, a.act, a.gate};
+          ptr_or_null<acc_t>(p.b2), a.C, a.R, a.act, a.gate, a.from_y};
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> se_forward_cuda(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
+ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
+                             const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                             const c10::optional<at::Tensor>& b2,
+                             const c10::optional<at::Tensor>& residual,
+                             c10::string_view activation, c10::string_view gate,
+                             c10::string_view out_activation, bool inplace) {
   const SEArgs checked =
       check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
   const c10::cuda::CUDAGuard guard(x.device());
-  const ForwardCall c = prepare_forward(checked, x, w1, b1, w2, b2, residual);
+  const ForwardCall c = prepare_forward(checked, x, w1, b1, w2, b2, residual, inplace);
   const SEArgs& a = c.a;
   const at::Tensor &y = c.y, &z = c.z, &xc = c.x, &rc = c.res;
   const ParamTensors& pt = c.p;
-  if (y.numel() == 0) return {y, z};
+  if (y.numel() == 0) return c;
   const auto acc = acc_dtype(x.scalar_type());
   const int sms = sm_count(x.get_device());
   const int esize = static_cast<int>(x.element_size());
@@ -941,7 +943,26 @@ std::tuple<at::Tensor, at::Tensor> se_forward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {y, z};
+  return c;
+}
+
+std::tuple<at::Tensor, at::Tensor> se_forward_cuda(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, c10::string_view activation,
+    c10::string_view gate, c10::string_view out_activation) {
+  const ForwardCall c =
+      run_forward_cuda(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
+  return {c.y, c.z};
+}
+
+at::Tensor se_forward_inplace_cuda(const at::Tensor& x, const at::Tensor& w1,
+                                   const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                   const c10::optional<at::Tensor>& b2,
+                                   const c10::optional<at::Tensor>& residual,
+                                   c10::string_view activation, c10::string_view gate,
+                                   c10::string_view out_activation) {
+  return run_forward_cuda(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true).z;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -949,8 +970,9 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
                  const c10::optional<at::Tensor>& y, const at::Tensor& w1,
                  const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2, c10::string_view activation,
-                 c10::string_view gate, bool want_grad_residual) {
-  const SEArgs checked = check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate);
+                 c10::string_view gate, bool want_grad_residual, bool x_is_output) {
+  const SEArgs checked =
+      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output);
   const c10::cuda::CUDAGuard guard(x.device());
   const BackwardCall c = prepare_backward(checked, grad_y, x, z, y, w1, b1, w2, b2,
                                           want_grad_residual);
@@ -1029,5 +1051,6 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
 
 TORCH_LIBRARY_IMPL(se_fused, CUDA, m) {
   m.impl("se_forward", &se_fused::se_forward_cuda);
+  m.impl("se_forward_", &se_fused::se_forward_inplace_cuda);
   m.impl("se_backward", &se_fused::se_backward_cuda);
 }
