@@ -9,6 +9,7 @@ Parameter objects and keeps its submodule names, so state_dicts are equal.
 """
 import operator
 import sys
+import weakref
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -97,28 +98,48 @@ class SEBlock(_SEBase):
 class FusedSEBlock(_SEBase):
     """The SE block through the fused op se_fused.ops.squeeze_excite.
 
-    Same constructor, parameters and state_dict as SEBlock. Use
+    Same constructor, parameters and state_dict as SEBlock, plus inplace (as
+    nn.ReLU(inplace=True): y is written over x, which is returned). Use
     FusedSEBlock.from_module(m) to fuse an existing SE module (SEBlock,
     torchvision.ops.SqueezeExcitation, timm.layers.SEModule or timm's
     EfficientNet SqueezeExcite) without copying its parameters.
+
+    What the backward keeps: the op keeps y, not x, unless y is modified in place
+    later (SE-ResNet's `out += shortcut`), which would leave it without the values it
+    needs. A block cannot know that ahead, so its first call under autograd keeps x as
+    well and watches y; when that call's backward runs, the block knows whether its
+    output is modified in place, and from then on keeps only y if it is not.
     """
 
     def __init__(self, channels: int, reduction=16, *, rd_channels: Optional[int] = None,
                  activation: str = "relu", gate: str = "sigmoid", bias: bool = True,
-                 device=None, dtype=None):
+                 inplace: bool = False, device=None, dtype=None):
         super().__init__(channels, reduction, rd_channels=rd_channels, activation=activation,
                          gate=gate, bias=bias, device=device, dtype=dtype)
         self._reduce_name = "fc1"
         self._expand_name = "fc2"
+        self.inplace = _check_bool(inplace, "inplace")
+        self._output_mutated: Optional[bool] = None  # unknown until a backward tells
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduce = getattr(self, self._reduce_name)
         expand = getattr(self, self._expand_name)
-        return ops.squeeze_excite(x, reduce.weight, reduce.bias, expand.weight, expand.bias,
-                                  activation=self.activation, gate=self.gate)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"se_fused: x must be a torch.Tensor, got {type(x).__name__}")
+        keep_x = self._output_mutated is not False
+        y = ops._squeeze_excite(x, ops.as_matrix(reduce.weight), reduce.bias,
+                                ops.as_matrix(expand.weight), expand.bias, None,
+                                self.activation, self.gate, "none", self.inplace, keep_x)
+        if not torch.compiler.is_compiling() and self._output_mutated is None \
+                and y.grad_fn is not None:
+            _watch_for_mutation(self, y)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", inplace=True" if self.inplace else "")
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> "FusedSEBlock":
+    def from_module(cls, module: nn.Module, *, inplace: bool = False) -> "FusedSEBlock":
         """A FusedSEBlock computing what `module` computes, sharing its parameters.
 
         The two 1x1 convolutions of `module` become children of the new block
@@ -130,6 +151,7 @@ class FusedSEBlock(_SEBase):
         pooling, a convolution that is not a plain 1x1 one, hooks that the
         fused forward would bypass).
         """
+        inplace = _check_bool(inplace, "inplace")
         spec = _describe(module)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
@@ -141,6 +163,8 @@ class FusedSEBlock(_SEBase):
         self.gate = spec["gate"]
         self._reduce_name = reduce_name
         self._expand_name = expand_name
+        self.inplace = inplace
+        self._output_mutated = None
         # The same module objects, so the same Parameter objects, under the same names,
         # in the source's registration order (state_dict key order follows it).
         for name in module._modules:
@@ -150,6 +174,33 @@ class FusedSEBlock(_SEBase):
                 self.add_module(name, expand)
         self.train(module.training)
         return self
+
+
+def _check_bool(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _watch_for_mutation(block: FusedSEBlock, y: torch.Tensor) -> None:
+    """Tell `block`, when y's gradient reaches the op, whether y was modified in place.
+
+    A detached alias shares y's version counter; it is dropped once the hook ran."""
+    alias = y.detach()
+    version = alias._version
+    block_ref = weakref.ref(block)
+    handle = None
+
+    def hook(grad_outputs):
+        nonlocal alias
+        blk = block_ref()
+        if blk is not None and alias is not None:
+            mutated = alias._version != version
+            blk._output_mutated = bool(blk._output_mutated) or mutated
+        alias = None
+        handle.remove()
+
+    handle = y.grad_fn.register_prehook(hook)
 
 
 # --- recognising SE modules and their activation / gate

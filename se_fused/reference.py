@@ -51,9 +51,13 @@ def squeeze_excite(
             y = y + residual.to(dt)
         if out_activation == "relu":
             y = torch.relu(y)
-    memory_format = (
-        torch.channels_last
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        else torch.contiguous_format
-    )
-    return y.to(x.dtype).contiguous(memory_format=memory_format)
+    return y.to(x.dtype).contiguous(memory_format=_memory_format(x))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a channels_last x, else NCHW (the fused op's output rule)."""
+    try:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    except RuntimeError:  # under vmap a layout can be neither queried nor observed
+        return torch.contiguous_format
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -16,13 +16,13 @@ def _is_se_source(module: nn.Module) -> bool:
 
 
 def _fuse(module: nn.Module, qualname: str, memo: Dict[int, Optional[nn.Module]],
-          problems: List[str]):
+          problems: List[str], inplace: bool):
     """The FusedSEBlock for an SE module, or None (noting why in `problems`) if it can't be
     fused. A module reached twice (shared) is converted, or reported, once."""
     key = id(module)
     if key not in memo:
         try:
-            memo[key] = FusedSEBlock.from_module(module)
+            memo[key] = FusedSEBlock.from_module(module, inplace=inplace)
         except (ValueError, TypeError) as err:
             memo[key] = None
             problems.append(
@@ -31,7 +31,7 @@ def _fuse(module: nn.Module, qualname: str, memo: Dict[int, Optional[nn.Module]]
     return memo[key]
 
 
-def replace_se_blocks(model: nn.Module) -> nn.Module:
+def replace_se_blocks(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Replace, in place, every SE block of `model` by a FusedSEBlock.
 
     Recognised blocks are se_fused.SEBlock, torchvision.ops.SqueezeExcitation,
@@ -43,6 +43,9 @@ def replace_se_blocks(model: nn.Module) -> nn.Module:
     compute (another activation or gate, a norm layer, max pooling, ...) is left
     as it is, with a warning naming it and the reason. FusedSEBlocks already in
     the model are left alone, so calling this twice is harmless.
+    inplace=True makes every new block write its output over its input
+    (FusedSEBlock(inplace=True)); use it where nothing else reads the SE block's
+    input afterwards, as in the SE networks above.
 
     Returns `model`; if `model` itself is an SE block (there is no parent to put
     the replacement in), returns its FusedSEBlock instead.
@@ -51,22 +54,24 @@ def replace_se_blocks(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"replace_se_blocks expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"replace_se_blocks: inplace must be a bool, got {type(inplace).__name__}")
     memo: Dict[int, Optional[nn.Module]] = {}
     problems: List[str] = []
     result = model
     if isinstance(model, FusedSEBlock):
         pass
     elif _is_se_source(model):
-        fused = _fuse(model, "", memo, problems)
+        fused = _fuse(model, "", memo, problems, inplace)
         result = model if fused is None else fused
     else:
-        _replace_children(model, "", memo, set(), problems)
+        _replace_children(model, "", memo, set(), problems, inplace)
     for message in problems:
         warnings.warn(message, UserWarning, stacklevel=2)
     return result
 
 
-def _replace_children(parent: nn.Module, prefix: str, memo, visited, problems) -> None:
+def _replace_children(parent: nn.Module, prefix: str, memo, visited, problems, inplace) -> None:
     if id(parent) in visited:
         return
     visited.add(id(parent))
@@ -75,8 +80,8 @@ def _replace_children(parent: nn.Module, prefix: str, memo, visited, problems) -
             continue
         qualname = f"{prefix}.{name}" if prefix else name
         if _is_se_source(child):
-            fused = _fuse(child, qualname, memo, problems)
+            fused = _fuse(child, qualname, memo, problems, inplace)
             if fused is not None:
                 setattr(parent, name, fused)
         else:
-            _replace_children(child, qualname, memo, visited, problems)
+            _replace_children(child, qualname, memo, visited, problems, inplace)

@@ -22,6 +22,15 @@ def assert_close_dtype(actual, expected, dtype, what="output"):
                                msg=lambda m: f"{what}: {m}")
 
 
+def assert_close_scaled(actual, expected, dtype, what="output"):
+    """Like assert_close_dtype, with atol scaled by the largest |expected|: for long sums,
+    where an element that cancels to ~0 still carries the rounding of its large terms."""
+    scale = max(1.0, expected.double().abs().max().item())
+    tol = TOL[dtype]
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=tol["rtol"],
+                               atol=tol["atol"] * scale, msg=lambda m: f"{what}: {m}")
+
+
 def make_inputs(shape, R, dtype, memory_format, *, bias=True, residual=False,
                 param_dtype=None, device="cpu", seed=0):
     """Random x, weights and biases (never zeros) that require grad."""

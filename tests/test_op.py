@@ -8,7 +8,7 @@ import torch
 import se_fused
 from se_fused import reference
 
-from .helpers import TOL, make_inputs, run_both, assert_close_dtype
+from .helpers import assert_close_scaled, TOL, make_inputs, run_both, assert_close_dtype
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -48,11 +48,16 @@ def test_odd_shapes_match_reference(N, C, HW, layout):
 def test_large_sample_spans_several_groups_and_chunks():
     # Samples larger than the kernel's cache group, and channels_last pixel chunks.
     for fmt in LAYOUTS.values():
+        # 13000-element sums in float32: compared with float64 truth, tolerance scaled
+        # by the gradients' size (bias gradients cancel to ~0 from terms of ~100).
         inputs = make_inputs((3, 64, 130, 100), 8, torch.float32, fmt)
-        (y, grads), (y_ref, grads_ref) = run_both(inputs, {})
-        assert_close_dtype(y, y_ref, torch.float32)
+        (y, grads), _ = run_both(inputs, {})
+        truth = {k: (v.detach().double().requires_grad_() if v is not None else None)
+                 for k, v in inputs.items()}
+        (y_ref, grads_ref), _ = run_both(truth, {}, fused=reference.squeeze_excite)
+        assert_close_scaled(y, y_ref, torch.float32)
         for name in grads:
-            assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
+            assert_close_scaled(grads[name], grads_ref[name], torch.float32, what=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -103,7 +108,7 @@ def test_differentiable_backward_agrees_with_fused_backward():
     y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid", "relu")
     gy = torch.randn_like(y)
     fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, "silu", "hardsigmoid", True)
-    composite = _backward_composite(gy, x, y, w1, b1, w2, b2, "silu", "hardsigmoid")
+    composite = _backward_composite(gy, x, None, y, w1, b1, w2, b2, "silu", "hardsigmoid")
     for a, b in zip(fused, composite):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
