@@ -9,6 +9,7 @@ Parameter objects and keeps its submodule names, so state_dicts are equal.
 """
 import operator
 import sys
+import warnings
 import weakref
 from typing import Callable, Dict, Optional, Tuple
 
@@ -120,6 +121,7 @@ class FusedSEBlock(_SEBase):
         self._expand_name = "fc2"
         self.inplace = _check_bool(inplace, "inplace")
         self._output_mutated: Optional[bool] = None  # unknown until a backward tells
+        self._inplace_blocker: Optional[str] = None  # unchecked; "" when checked and free
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduce = getattr(self, self._reduce_name)
@@ -127,13 +129,30 @@ class FusedSEBlock(_SEBase):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"se_fused: x must be a torch.Tensor, got {type(x).__name__}")
         keep_x = self._output_mutated is not False
+        inplace = self.inplace
+        if inplace and not torch.compiler.is_compiling():
+            inplace = self._may_write_over(x)
         y = ops._squeeze_excite(x, ops.as_matrix(reduce.weight), reduce.bias,
                                 ops.as_matrix(expand.weight), expand.bias, None,
-                                self.activation, self.gate, "none", self.inplace, keep_x)
+                                self.activation, self.gate, "none", inplace, keep_x)
         if not torch.compiler.is_compiling() and self._output_mutated is None \
                 and y.grad_fn is not None:
             _watch_for_mutation(self, y)
         return y
+
+    def _may_write_over(self, x: torch.Tensor) -> bool:
+        """False (with a warning, once) when the layer that produced x saved x for its own
+        backward: torch.relu_ keeps its output, so an in-place SE right after
+        ReLU(inplace=True) (RegNetY, MobileNetV3) would make that backward fail. Such a
+        block then runs out of place. Checked at the first call under autograd."""
+        if self._inplace_blocker is None and x.grad_fn is not None and torch.is_grad_enabled():
+            self._inplace_blocker = _saved_by_producer(x)
+            if self._inplace_blocker:
+                warnings.warn(
+                    f"se_fused: FusedSEBlock(inplace=True) runs out of place: its input is "
+                    f"saved by {self._inplace_blocker} for the backward, so writing over it "
+                    f"would break training", UserWarning, stacklevel=3)
+        return not self._inplace_blocker
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", inplace=True" if self.inplace else "")
@@ -165,6 +184,7 @@ class FusedSEBlock(_SEBase):
         self._expand_name = expand_name
         self.inplace = inplace
         self._output_mutated = None
+        self._inplace_blocker = None
         # The same module objects, so the same Parameter objects, under the same names,
         # in the source's registration order (state_dict key order follows it).
         for name in module._modules:
@@ -180,6 +200,23 @@ def _check_bool(value, what: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{what} must be a bool, got {type(value).__name__}")
     return value
+
+
+def _saved_by_producer(x: torch.Tensor) -> str:
+    """The name of x's autograd node if that node saved x itself (e.g. ReluBackward0,
+    which keeps its result), else "". Nodes expose what they saved as _saved_* attributes."""
+    node = x.grad_fn
+    storage = x.untyped_storage().data_ptr()
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            value = getattr(node, name)
+        except RuntimeError:  # already freed, or not a saved tensor
+            continue
+        if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == storage:
+            return type(node).__name__
+    return ""
 
 
 def _watch_for_mutation(block: FusedSEBlock, y: torch.Tensor) -> None:

@@ -369,3 +369,25 @@ def test_block_under_torch_compile_with_output_modified_in_place():
     expected = reference.squeeze_excite(x0.detach() * 1, block2.fc1.weight, block2.fc1.bias,
                                         block2.fc2.weight, block2.fc2.bias)
     torch.testing.assert_close(out, expected.square().sum())
+
+
+def test_inplace_block_after_a_relu_that_keeps_its_output_runs_out_of_place():
+    # RegNetY / MobileNetV3: ReLU(inplace=True) saves its output, the SE block's input.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.ReLU(inplace=True),
+                                FusedSEBlock(16, rd_channels=4, inplace=True),
+                                torch.nn.Conv2d(16, 4, 1))
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.ReLU(),
+                              se_fused.SEBlock(16, rd_channels=4), torch.nn.Conv2d(16, 4, 1))
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match="ReluBackward0"):
+        model(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert model[2]._inplace_blocker == "ReluBackward0"
+    # behind a conv (which saves its input, not its output) it stays in place
+    block = FusedSEBlock(16, rd_channels=4, inplace=True)
+    h = torch.nn.Conv2d(3, 16, 1)(x)
+    assert block(h) is h and block._inplace_blocker == ""
