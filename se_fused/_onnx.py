@@ -11,11 +11,15 @@ with act Relu or x * Sigmoid(x), gate Sigmoid or HardSigmoid(alpha=1/6, beta=1/2
 layers are computed in float32 for float16/bfloat16 x (float64 for float64 x), and y
 is rounded once to x's dtype.
 
-- dynamo=False (TorchScript exporter): importing se_fused registers the symbolics
-  (opset 13 and later) through torch.onnx.register_custom_op_symbolic.
+- dynamo=False (TorchScript exporter): importing se_fused registers the symbolic
+  (opset 13 and later) through torch.onnx.register_custom_op_symbolic; it serves the
+  in-place se_forward_ too.
 - dynamo=True: pass custom_translation_table=se_fused.onnx_translation_table().
   The dynamo exporter builds its registry afresh on every call, from torch's own
   table and that argument only, so there is nothing a library can register ahead.
+  The table has no entry for the in-place se_forward_: torch.export turns its calls
+  into auto_functionalized_v2 nodes, which torch's ONNX exporter cannot translate for
+  any custom op, so the out-of-place op is what must reach this exporter.
 
 One description of the graph (_emit_se) serves both exporters; each exporter only
 supplies how a node is written (_TorchScriptBuilder, _OnnxScriptBuilder).
@@ -39,7 +43,7 @@ def _emit_se(b, x, w1, b1, w2, b2, residual, activation, gate, out_activation):
     """Adds the nodes of se_forward through builder b; returns (y, z).
 
     b.op(name, *inputs, **attrs) adds a node, b.ints(values) an int64 constant,
-    b.dtype(v) gives a value's ONNX data type (None if unknown), b.cast(v, to).
+    b.dtype(v) gives a value's ONNX data type (TypeError if unknown), b.cast(v, to).
     """
     x_type = b.dtype(x)
     acc = _acc_type(x_type)
@@ -129,7 +133,7 @@ def _ts_se_forward(g, *args):
         # the node has one output, z. Later readers of x must see y: rebind x to y in
         # the exporter's old-to-new value map, which the following nodes are built from.
         # (A call whose z is never read is dropped by the exporter before any symbolic
-        # runs; se_fused's Python API does not pass the in-place op to the exporters.)
+        # runs, and y with it: code exported to ONNX must call the out-of-place op.)
         g.env[g.original_node.inputsAt(0)] = y
         return z
     return y, z

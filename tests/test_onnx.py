@@ -6,6 +6,8 @@ Every exported graph must hold only standard ONNX operators (default domain, no
 local functions, onnx.checker's full check passes) at opset >= 17, and onnxruntime
 must give PyTorch's outputs within tests.helpers.TOL[float32] (float16 inputs:
 TOL[float16]). Whole models (random weights) are compared with the unswapped model.
+The option grid is exported under no_grad (squeeze_excite's inference path, which
+calls the op below autograd), the rest with autograd on.
 """
 import copy
 import io
@@ -48,9 +50,16 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def export(model, args, exporter, *, opset=None, dynamic_batch=False, input_names=None):
-    """The ONNX ModelProto of model(*args) from the named exporter."""
+def export(model, args, exporter, *, opset=None, dynamic_batch=False, input_names=None,
+           grad=True):
+    """The ONNX ModelProto of model(*args) from the named exporter. grad=False exports
+    under no_grad, where squeeze_excite takes its inference path (below autograd)."""
     model.eval()
+    with torch.set_grad_enabled(grad):
+        return _export(model, args, exporter, opset, dynamic_batch, input_names)
+
+
+def _export(model, args, exporter, opset, dynamic_batch, input_names):
     if EXPORTERS[exporter]:
         kw = {}
         if dynamic_batch:
@@ -163,7 +172,7 @@ def test_every_option_matches_onnxruntime(exporter, activation, gate):
     x, residual = _x((2, C, 5, 7), seed=1), _x((2, C, 5, 7), seed=2)
     with torch.no_grad():
         expected = model(x, residual)
-    proto = export(model, (x, residual), exporter, opset=MIN_OPSET)
+    proto = export(model, (x, residual), exporter, opset=MIN_OPSET, grad=False)
     assert_standard_onnx(proto)
     types = op_types(proto)
     assert types.count("Gemm") == 2 * len(BRANCHES), types  # the squeeze may be shared
