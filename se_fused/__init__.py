@@ -8,6 +8,7 @@ from . import reference
 from .ops import squeeze_excite
 from .modules import FusedSEBlock, SEBlock
 from .swap import replace_se_blocks
+from ._onnx import onnx_translation_table  # also registers the TorchScript ONNX symbolics
 
 __all__ = ["squeeze_excite", "reference", "SEBlock", "FusedSEBlock", "replace_se_blocks"]
 __version__ = "0.1.0"
