@@ -10,5 +10,6 @@ from .modules import FusedSEBlock, SEBlock
 from .swap import replace_se_blocks
 from ._onnx import onnx_translation_table  # also registers the TorchScript ONNX symbolics
 
-__all__ = ["squeeze_excite", "reference", "SEBlock", "FusedSEBlock", "replace_se_blocks"]
+__all__ = ["squeeze_excite", "reference", "SEBlock", "FusedSEBlock", "replace_se_blocks",
+           "onnx_translation_table"]
 __version__ = "0.1.0"

@@ -71,6 +71,9 @@ def _squeeze_excite(x, w1, b1, w2, b2, residual, activation, gate, out_activatio
     args = (x, w1, b1, w2, b2, residual, activation, gate, out_activation)
     if inplace:
         _check_inplace_layout(x)
+    if torch.onnx.is_in_onnx_export():
+        return _for_onnx_export(args, inplace)
+    if inplace:
         if not torch.compiler.is_compiling() and _transform_active():
             return x.copy_(_SETransformable.apply(*args)[0])
         return _forward_inplace(*args, keep_x=keep_x)
@@ -91,6 +94,21 @@ def _squeeze_excite(x, w1, b1, w2, b2, residual, activation, gate, out_activatio
             and _autograd_needed(x, w1, b1, w2, b2, residual):
         return _SEChosenSave.apply(x, w1, b1, w2, b2, activation, gate, False, True)[0]
     return _ops.se_forward(*args)[0]
+
+
+def _for_onnx_export(args, inplace):
+    """The call as torch.onnx.export should see it.
+
+    The TorchScript exporter traces the op and applies the symbolic that _onnx.py
+    registers on import. The dynamo exporter takes translations only through its
+    custom_translation_table argument (se_fused.onnx_translation_table()), so that
+    `torch.onnx.export(model, args, dynamo=True)` works without it, it gets the
+    reference's PyTorch ops, which it translates to standard ONNX ops itself. In place,
+    both need y to flow out of a node, so x is overwritten by a copy (a no-op rebinding
+    in the exported graph)."""
+    x = args[0]
+    y = _ops.se_forward(*args)[0] if torch.jit.is_tracing() else _reference_pair(*args)[0]
+    return x.copy_(y) if inplace else y
 
 
 def _autograd_needed(*tensors) -> bool:
