@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make test   set-up (venv, pinned deps, build) + the whole test suite
-#   make bench  set-up + the microbenchmark on whatever device is present
+#   make bench  set-up + the microbenchmark on whatever device is present, then the
+#               memory benchmark (saved activations, peak, in-place forward)
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 # torch guesses CUDA_HOME from the nvcc on PATH; the headers live here.
@@ -37,6 +38,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_se.py $(BENCH_ARGS)
+	$(PY) benchmarks/memory.py
 
 bench-full: setup
 	$(PY) benchmarks/bench_se.py --full
