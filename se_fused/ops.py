@@ -242,19 +242,27 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_z):
     v, z, y, w1, b1, w2, b2 = ctx.saved_tensors
-    gx, gres, gw1, gb1, gw2, gb2 = _input_grads(
+    grads = _input_grads(
         grad_y, grad_z, v, z, y, w1, b1, w2, b2, ctx.activation, ctx.gate, ctx.from_y,
         ctx.has_residual and ctx.needs_input_grad[5])
+    return _per_input(ctx, grads, w1, b1, w2, b2, 3)
+
+
+def _per_input(ctx, grads, w1, b1, w2, b2, n_rest):
+    """The gradients in forward-input order: x, w1, b1, w2, b2 (in the parameters' dtypes),
+    the residual's when ctx has one, then None for the n_rest non-tensor inputs."""
+    gx, gres, gw1, gb1, gw2, gb2 = grads
     need = ctx.needs_input_grad
-    return (
+    out = (
         gx if need[0] else None,
         gw1.to(w1.dtype) if need[1] else None,
         gb1.to(b1.dtype) if ctx.has_b1 and need[2] else None,
         gw2.to(w2.dtype) if need[3] else None,
         gb2.to(b2.dtype) if ctx.has_b2 and need[4] else None,
-        gres if ctx.has_residual and need[5] else None,
-        None, None, None,
     )
+    if hasattr(ctx, "has_residual"):
+        out += (gres if ctx.has_residual and need[5] else None,)
+    return out + (None,) * n_rest
 
 
 def _input_grads(grad_y, grad_z, v, z, y, w1, b1, w2, b2, activation, gate, from_y,
@@ -377,18 +385,9 @@ class _SEChosenSave(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_z, _grad_kept):
         v, z, w1, b1, w2, b2 = ctx.saved_tensors
-        gx, _, gw1, gb1, gw2, gb2 = _input_grads(
-            grad_y, grad_z, v, z, None, w1, b1, w2, b2, ctx.activation, ctx.gate,
-            ctx.from_y, False)
-        need = ctx.needs_input_grad
-        return (
-            gx if need[0] else None,
-            gw1.to(w1.dtype) if need[1] else None,
-            gb1.to(b1.dtype) if ctx.has_b1 and need[2] else None,
-            gw2.to(w2.dtype) if need[3] else None,
-            gb2.to(b2.dtype) if ctx.has_b2 and need[4] else None,
-            None, None, None, None,
-        )
+        grads = _input_grads(grad_y, grad_z, v, z, None, w1, b1, w2, b2, ctx.activation,
+                             ctx.gate, ctx.from_y, False)
+        return _per_input(ctx, grads, w1, b1, w2, b2, 4)
 
 
 class _SETransformable(torch.autograd.Function):
@@ -420,18 +419,9 @@ class _SETransformable(torch.autograd.Function):
         x, y, w1, b1, w2, b2 = ctx.saved_tensors
         if grad_y is None:
             return (None,) * 9
-        gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(
-            grad_y, x, None, y, w1, b1, w2, b2, ctx.activation, ctx.gate)
-        need = ctx.needs_input_grad
-        return (
-            gx if need[0] else None,
-            gw1.to(w1.dtype) if need[1] else None,
-            gb1.to(b1.dtype) if ctx.has_b1 and need[2] else None,
-            gw2.to(w2.dtype) if need[3] else None,
-            gb2.to(b2.dtype) if ctx.has_b2 and need[4] else None,
-            gres if ctx.has_residual and need[5] else None,
-            None, None, None,
-        )
+        grads = _backward_composite(grad_y, x, None, y, w1, b1, w2, b2, ctx.activation,
+                                    ctx.gate)
+        return _per_input(ctx, grads, w1, b1, w2, b2, 3)
 
     @staticmethod
     def jvp(ctx, tx, tw1, tb1, tw2, tb2, tres, *_):

@@ -74,3 +74,17 @@ def run_both(inputs, kw, fused=None):
     """(y, grads) of the fused op and of the reference on the same inputs."""
     return (_forward_backward(fused or se_fused.squeeze_excite, inputs, kw),
             _forward_backward(reference.squeeze_excite, inputs, kw))
+
+
+def graph_capturing_backend(graphs):
+    """A torch.compile backend that runs AOTAutograd and appends the text of every
+    forward and backward graph to `graphs` (so tests can see which ops they call)."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    def backend(gm, example_inputs):
+        def keep(g, _):
+            graphs.append(str(g.graph))
+            return make_boxed_func(g.forward)
+        return aot_module_simplified(gm, example_inputs, fw_compiler=keep, bw_compiler=keep)
+    return backend

@@ -14,7 +14,7 @@ import torch
 import se_fused
 from se_fused import FusedSEBlock, reference
 
-from .helpers import TOL, assert_close_dtype, assert_close_scaled, make_inputs
+from .helpers import graph_capturing_backend, TOL, assert_close_dtype, assert_close_scaled, make_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import shapes  # noqa: E402
@@ -145,16 +145,8 @@ def test_y_only_gradcheck_and_gradgradcheck(gate):
 
 
 def test_y_only_backward_under_torch_compile_keeps_the_fused_ops():
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
     graphs = []
-
-    def backend(gm, example_inputs):
-        def keep(g, _):
-            graphs.append(str(g.graph))
-            return make_boxed_func(g.forward)
-        return aot_module_simplified(gm, example_inputs, fw_compiler=keep, bw_compiler=keep)
+    backend = graph_capturing_backend(graphs)
 
     torch._dynamo.reset()
     inputs = make_inputs((4, 16, 7, 7), 4, torch.float32, torch.channels_last)

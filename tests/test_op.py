@@ -8,7 +8,7 @@ import torch
 import se_fused
 from se_fused import reference
 
-from .helpers import assert_close_scaled, TOL, make_inputs, run_both, assert_close_dtype
+from .helpers import graph_capturing_backend, assert_close_scaled, TOL, make_inputs, run_both, assert_close_dtype
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -143,16 +143,8 @@ def test_opcheck_backward_op(masked):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
     graphs = []
-
-    def backend(gm, example_inputs):
-        def keep(g, _):
-            graphs.append(str(g.graph))
-            return make_boxed_func(g.forward)
-        return aot_module_simplified(gm, example_inputs, fw_compiler=keep, bw_compiler=keep)
+    backend = graph_capturing_backend(graphs)
 
     torch._dynamo.reset()
     inp = make_inputs((4, 16, 7, 7), 4, torch.float32, LAYOUTS[layout], residual=True)
