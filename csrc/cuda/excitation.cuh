@@ -46,14 +46,14 @@ SE_DEV void tile_gemm(int M, int J, int64_t K, const AF& a_at, bool a_k_fast, co
   for (int i = 0; i < 4; ++i) acc[i] = acc_t(0);
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     const int kc = int(imin(KC, K - k0));
-#pragma unroll
+#pragma unroll 1
     for (int r = 0; r < KC * kTileM / kThreads; ++r) {
       const int e = int(threadIdx.x) + r * kThreads;
       const int k = a_k_fast ? e % KC : e / kTileM;
       const int m = a_k_fast ? e / KC : e % kTileM;
       As[k * G::kLdA + m] = (m < M && k < kc) ? a_at(m, k0 + k) : acc_t(0);
     }
-#pragma unroll
+#pragma unroll 2
     for (int r = 0; r < KC * kTileJ / kThreads; ++r) {
       const int e = int(threadIdx.x) + r * kThreads;
       const int k = b_k_fast ? e % KC : e / kTileJ;
