@@ -15,7 +15,7 @@ SE_DEV void map_tile(const Plan& p, const T* gy, const T* mask, T* gx, T* gres, 
                      const acc_t* dzs, int64_t n, uint32_t tile, unsigned char* smem,
                      const Wait& wait) {
   constexpr int V = Width<T>::value;
-  constexpr int U = GradSource<T, acc_t, HasMask>::kGranulesPerThread;
+  constexpr int U = CL ? kPixelsPerThread : GradSource<T, acc_t, HasMask>::kGranulesPerThread;
   constexpr int S = 2;  // granules in flight: 2 or 4 loads
   const TileFrame<CL, V> f(p, n, tile);
   const int64_t half = kStageBytes / 2 / int64_t(sizeof(acc_t));

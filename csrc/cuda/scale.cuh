@@ -155,7 +155,7 @@ template <typename T, typename acc_t, bool CL, bool HasRes, typename Wait>
 SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_t* s, bool relu,
                        int64_t n, uint32_t tile, unsigned char* smem, const Wait& wait) {
   constexpr int V = Width<T>::value;
-  constexpr int U = XSource<T, acc_t>::kGranulesPerThread;  // granules per thread
+  constexpr int U = CL ? kPixelsPerThread : XSource<T, acc_t>::kGranulesPerThread;
   constexpr int S = HasRes ? 2 : 4;  // granules in flight: 4 loads either way
   const TileFrame<CL, V> f(p, n, tile);
   auto out = [relu](acc_t xv, acc_t sv, acc_t rv) {

@@ -94,6 +94,8 @@ struct FastDiv {
 constexpr int kTileM = 16;  // samples per excitation tile (rows of its GEMM)
 constexpr int kTileJ = 64;  // outputs per excitation tile
 constexpr int kGradTileM = 16;
+// channels_last tiles: each thread walks this many pixel rows of its granule column.
+constexpr int kPixelsPerThread = 4;
 
 // How one pass streams x (and grad_y, y): identical for the pass's reading and
 // writing stages, so a wave's tiles line up.
@@ -331,7 +333,7 @@ inline Plan make_plan(const PlanInput& in) {
     s.TP = kThreads / s.TC;
     s.CT = int64_t(s.TC) * V;
     s.CTn = ceil_div(in.C, s.CT);
-    s.PT = 4 * int64_t(s.TP);
+    s.PT = kPixelsPerThread * int64_t(s.TP);
     s.PTn = ceil_div(in.HW, s.PT);
     s.per_sample = s.PTn * s.CTn;
     s.vec = in.vec && in.C % V == 0;

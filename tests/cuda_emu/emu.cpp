@@ -324,6 +324,7 @@ int64_t se_emu_schedule(const EmuArgs* a, int32_t* stage, int32_t* wave, uint32_
     ++seen[key(it.stage, it.wave)];
   }
   for (int s = 0; s < kNumStages; ++s) {
+    if ((s >= kBwdFc1) != p.backward) continue;  // the other pass's stages
     for (int w = 0; w <= p.W; ++w) {
       const int64_t want = p.count(s, w);
       if (seen[key(s, w)] != want) ++bad;
