@@ -68,6 +68,8 @@ def extensions():
         # (float division only, <= 2 ulp) keeps the IEEE-division slow path, a
         # subroutine call that spills registers, out of the persistent kernels.
         extra["nvcc"] = ["-O3", "-lineinfo", "--prec-div=false"]
+        if os.environ.get("SE_FUSED_MIN_BLOCKS"):  # register budget experiments (se_cuda_common.cuh)
+            extra["nvcc"].append(f"-DSE_FUSED_MIN_BLOCKS={int(os.environ['SE_FUSED_MIN_BLOCKS'])}")
         if os.environ.get("SE_FUSED_PTXAS_VERBOSE", "0") == "1":
             extra["nvcc"].append("-Xptxas=-v")  # registers and spills per kernel
         macros.append(("SE_FUSED_WITH_CUDA", "1"))

@@ -29,13 +29,14 @@ struct GradSource {
   const T* gy;
   const T* v;
   const T* mask;  // y when the output relu was applied, else nullptr
+  uint64_t keep = l2_keep_policy();
 
   // grad_y and y are read again by the map of this wave; v is not.
   SE_DEV Loaded load(int64_t off) const {
     Loaded l;
-    l.g = load16<L2Hint::Keep>(gy + off);
+    l.g = load16<L2Hint::Keep>(gy + off, keep);
     l.v = load16<L2Hint::Last>(v + off);
-    if (HasMask) l.m = load16<L2Hint::Keep>(mask + off);
+    if (HasMask) l.m = load16<L2Hint::Keep>(mask + off, keep);
     return l;
   }
   SE_DEV acc_t scalar(int64_t off) const {

@@ -40,9 +40,15 @@ struct AccOf<double> {
   using type = double;
 };
 
+// Resident blocks per SM the kernels are compiled for: 6 caps them at 40 registers.
+// SE_FUSED_MIN_BLOCKS overrides it (e.g. 4: 64 registers, fewer spills) to compare
+// on a GPU; results do not change, only the register budget.
+#ifndef SE_FUSED_MIN_BLOCKS
+#define SE_FUSED_MIN_BLOCKS 6
+#endif
 template <typename T>
 struct MinBlocks {
-  static constexpr int value = std::is_same<T, double>::value ? 4 : 6;
+  static constexpr int value = std::is_same<T, double>::value ? 4 : SE_FUSED_MIN_BLOCKS;
 };
 
 
@@ -102,9 +108,21 @@ unsigned char* emu_block_shared(int bytes);
 // data in L2. Last: its last read (the scale's x, data read once).
 enum class L2Hint { Normal, Keep, Last };
 
-template <L2Hint H = L2Hint::Normal>
-SE_DEV Raw16 load16(const void* p) {
+// The L2 policy of Keep loads, made once per tile (a register pair).
+SE_DEV uint64_t l2_keep_policy() {
 #if defined(SE_CUDA_EMULATION)
+  return 0;
+#else
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+#endif
+}
+
+template <L2Hint H = L2Hint::Normal>
+SE_DEV Raw16 load16(const void* p, uint64_t keep_policy = 0) {
+#if defined(SE_CUDA_EMULATION)
+  (void)keep_policy;
   emu_check_access(p, 16, false);
   Raw16 r;
   std::memcpy(&r, p, 16);
@@ -112,12 +130,9 @@ SE_DEV Raw16 load16(const void* p) {
 #else
   Raw16 r;
   if constexpr (H == L2Hint::Keep) {
-    asm volatile(
-        "{\n\t.reg .b64 pol;\n\t"
-        "createpolicy.fractional.L2::evict_last.b64 pol, 1.0;\n\t"
-        "ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], pol;\n\t}"
-        : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)
-        : "l"(p));
+    asm volatile("ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                 : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)
+                 : "l"(p), "l"(keep_policy));
   } else if constexpr (H == L2Hint::Last) {
     asm volatile("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)

@@ -46,8 +46,9 @@ struct XSource {
     Raw16 x;
   };
   const T* x;
+  uint64_t keep = l2_keep_policy();
 
-  SE_DEV Loaded load(int64_t off) const { return {load16<L2Hint::Keep>(x + off)}; }
+  SE_DEV Loaded load(int64_t off) const { return {load16<L2Hint::Keep>(x + off, keep)}; }
   SE_DEV acc_t scalar(int64_t off) const { return static_cast<acc_t>(load1(x + off)); }
   SE_DEV void stage(const Loaded& l, staged_t* dst) const {
     *reinterpret_cast<Raw16*>(dst) = l.x;
