@@ -42,10 +42,8 @@ inline BackwardParams<T> backward_params(const BackwardLaunch& l) {
   b.gx = static_cast<T*>(l.gx);
   b.gres = static_cast<T*>(l.gres);
   b.z = static_cast<const acc_t*>(l.z);
-  b.layers = {static_cast<const acc_t*>(l.w1), static_cast<const acc_t*>(l.b1),
-              static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), Act(l.act),
-              Gate(l.gate)};
-  b.pieces = {ws + p.ws_rowsum, ws + p.ws_edges, ws + p.ws_part};
+  b.layers = layers_of<acc_t>(l);
+  b.pieces = pieces_of(p, ws);
   b.bx.fwd = {ws + p.ws_a1p, ws + p.ws_a1, ws + p.ws_h, ws + p.ws_s};
   b.bx.da2 = ws + p.ws_da2;
   b.bx.dhp = ws + p.ws_dhp;

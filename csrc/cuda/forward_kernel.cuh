@@ -57,6 +57,18 @@ struct ForwardParams {
   bool relu;
 };
 
+// The small layers' parameters and the squeeze pieces of a launch (either pass).
+template <typename acc_t, typename Launch>
+inline Layers<acc_t> layers_of(const Launch& l) {
+  return {static_cast<const acc_t*>(l.w1), static_cast<const acc_t*>(l.b1),
+          static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), Act(l.act),
+          Gate(l.gate)};
+}
+template <typename acc_t>
+inline Pieces<acc_t> pieces_of(const Plan& p, acc_t* ws) {
+  return {ws + p.ws_rowsum, ws + p.ws_edges, ws + p.ws_part};
+}
+
 template <typename T>
 inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   using acc_t = typename AccOf<T>::type;
@@ -68,10 +80,8 @@ inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   f.res = static_cast<const T*>(l.res);
   f.y = static_cast<T*>(l.y);
   f.z = static_cast<acc_t*>(l.z);
-  f.layers = {static_cast<const acc_t*>(l.w1), static_cast<const acc_t*>(l.b1),
-              static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), Act(l.act),
-              Gate(l.gate)};
-  f.pieces = {ws + p.ws_rowsum, ws + p.ws_edges, ws + p.ws_part};
+  f.layers = layers_of<acc_t>(l);
+  f.pieces = pieces_of(p, ws);
   f.ex = {ws + p.ws_a1p, nullptr, ws + p.ws_h, ws + p.ws_s};
   f.counters = l.counters;
   f.relu = l.relu;

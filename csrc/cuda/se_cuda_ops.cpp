@@ -87,8 +87,32 @@ cuda::Plan plan_call(const SEArgs& a, bool backward, bool has_mask, int esize, b
   return p;
 }
 
+// What both passes' launches share: parameters, workspace, zeroed counters.
+template <typename Launch>
+void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const ParamTensors& p,
+                 at::ScalarType dtype, const at::Tensor& work, const at::Tensor& counters) {
+  l.plan = plan;
+  l.dtype = dtype_of(dtype);
+  l.w1 = p.w1.data_ptr();
+  l.b1 = ptr_or_null(p.b1);
+  l.w2 = p.w2.data_ptr();
+  l.b2 = ptr_or_null(p.b2);
+  l.act = int(a.act);
+  l.gate = int(a.gate);
+  l.workspace = work.data_ptr();
+  l.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int>());
+}
+
 at::Tensor zeroed_counters(const cuda::Plan& p, const at::Tensor& like) {
   return at::zeros({p.n_counters}, like.options().dtype(at::kInt));
+}
+
+// The launcher of the call's dtype (launchers in DType order), on the current stream.
+template <typename Launch>
+void launch(const Launch& l, cudaError_t (*const (&launchers)[4])(const Launch&, int,
+                                                                  cudaStream_t)) {
+  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  C10_CUDA_CHECK(launchers[int(l.dtype)](l, int(env_int("SE_FUSED_CUDA_GRID")), stream));
 }
 
 }  // namespace
@@ -112,31 +136,14 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   const at::Tensor counters = zeroed_counters(plan, x);
 
   cuda::ForwardLaunch l{};
-  l.plan = plan;
-  l.dtype = dtype_of(x.scalar_type());
+  fill_common(l, plan, a, c.p, x.scalar_type(), work, counters);
   l.x = c.x.data_ptr();
   l.res = ptr_or_null(c.res);
   l.y = c.y.data_ptr();
   l.z = c.z.data_ptr();
-  l.w1 = c.p.w1.data_ptr();
-  l.b1 = ptr_or_null(c.p.b1);
-  l.w2 = c.p.w2.data_ptr();
-  l.b2 = ptr_or_null(c.p.b2);
-  l.act = int(a.act);
-  l.gate = int(a.gate);
   l.relu = a.out_relu;
-  l.workspace = work.data_ptr();
-  l.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int>());
-  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  const int max_grid = int(env_int("SE_FUSED_CUDA_GRID"));
-  cudaError_t err = cudaSuccess;
-  switch (l.dtype) {
-    case DType::Float: err = cuda::launch_forward_float(l, max_grid, stream); break;
-    case DType::Half: err = cuda::launch_forward_half(l, max_grid, stream); break;
-    case DType::BFloat16: err = cuda::launch_forward_bfloat16(l, max_grid, stream); break;
-    case DType::Double: err = cuda::launch_forward_double(l, max_grid, stream); break;
-  }
-  C10_CUDA_CHECK(err);
+  launch(l, {cuda::launch_forward_float, cuda::launch_forward_half,
+             cuda::launch_forward_bfloat16, cuda::launch_forward_double});
   return c;
 }
 
@@ -181,37 +188,20 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
   const at::Tensor counters = zeroed_counters(plan, x);
 
   cuda::BackwardLaunch l{};
-  l.plan = plan;
-  l.dtype = dtype_of(x.scalar_type());
+  fill_common(l, plan, a, c.p, x.scalar_type(), work, counters);
   l.gy = c.gy.data_ptr();
   l.v = c.x.data_ptr();
   l.mask = has_mask ? c.y.data_ptr() : nullptr;
   l.gx = c.gx.data_ptr();
   l.gres = const_cast<void*>(ptr_or_null(c.gres));
   l.z = c.z.data_ptr();
-  l.w1 = c.p.w1.data_ptr();
-  l.b1 = ptr_or_null(c.p.b1);
-  l.w2 = c.p.w2.data_ptr();
-  l.b2 = ptr_or_null(c.p.b2);
   l.gw1 = c.gw1.data_ptr();
   l.gb1 = c.gb1.data_ptr();
   l.gw2 = c.gw2.data_ptr();
   l.gb2 = c.gb2.data_ptr();
-  l.act = int(a.act);
-  l.gate = int(a.gate);
   l.from_y = a.from_y;
-  l.workspace = work.data_ptr();
-  l.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int>());
-  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  const int max_grid = int(env_int("SE_FUSED_CUDA_GRID"));
-  cudaError_t err = cudaSuccess;
-  switch (l.dtype) {
-    case DType::Float: err = cuda::launch_backward_float(l, max_grid, stream); break;
-    case DType::Half: err = cuda::launch_backward_half(l, max_grid, stream); break;
-    case DType::BFloat16: err = cuda::launch_backward_bfloat16(l, max_grid, stream); break;
-    case DType::Double: err = cuda::launch_backward_double(l, max_grid, stream); break;
-  }
-  C10_CUDA_CHECK(err);
+  launch(l, {cuda::launch_backward_float, cuda::launch_backward_half,
+             cuda::launch_backward_bfloat16, cuda::launch_backward_double});
   return c.outputs();
 }
 
