@@ -58,9 +58,20 @@ def extensions():
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
+            # No GPU to build for and no list given: machine code for Ampere/Ada
+            # (sm_80 runs on 8.x) and Hopper, plus Hopper PTX that newer GPUs compile
+            # at load time. CI's Makefile sets 9.0 alone, which halves nvcc time.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+        # No --use_fast_math: it flushes denormals and approximates exp, which the
+        # sigmoid gate and its float64 gradcheck should not see. --prec-div=false
+        # (float division only, <= 2 ulp) keeps the IEEE-division slow path, a
+        # subroutine call that spills registers, out of the persistent kernels.
+        extra["nvcc"] = ["-O3", "-lineinfo", "--prec-div=false"]
+        if os.environ.get("SE_FUSED_MIN_BLOCKS"):  # register budget experiments (se_cuda_common.cuh)
+            extra["nvcc"].append(f"-DSE_FUSED_MIN_BLOCKS={int(os.environ['SE_FUSED_MIN_BLOCKS'])}")
+        if os.environ.get("SE_FUSED_PTXAS_VERBOSE", "0") == "1":
+            extra["nvcc"].append("-Xptxas=-v")  # registers and spills per kernel
         macros.append(("SE_FUSED_WITH_CUDA", "1"))
         ext_cls = cpp_extension.CUDAExtension
     else:

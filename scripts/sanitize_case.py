@@ -1,9 +1,12 @@
 """A small workload for compute-sanitizer (scripts/cuda_sanitize.sh): the CUDA
 forward and backward ops of se_fused over both layouts, three dtypes, with and
-without residual / output relu / biases, odd sizes, a misaligned view and a
-split H*W. Inputs are made on the CPU and copied over, and the expected values
-are computed on the CPU in float64, so almost every kernel that runs on the GPU
-is one of ours. Exits non-zero if a result is wrong.
+without residual / output relu / biases, odd sizes, a misaligned view, rows
+longer than a tile, the in-place forward and the y-only backward. Each case runs
+three times: the default launch, one block (SE_FUSED_CUDA_GRID=1) and a wave per
+sample (SE_FUSED_CUDA_WAVE_BYTES=1), which must give the same bits. Inputs are made
+on the CPU and copied over, and the expected values are computed on the CPU in
+float64, so almost every kernel that runs on the GPU is one of ours. Exits
+non-zero if a result is wrong.
 """
 import itertools
 import os
@@ -63,9 +66,29 @@ def run_case(shape, R, dtype, channels_last, residual, relu, bias, misaligned, g
     act, gate = ("silu", "hardsigmoid") if relu else ("relu", "sigmoid")
     out_act = "relu" if relu else "none"
 
-    y, z = ops.se_forward(xd, w1d, b1d, w2d, b2d, resd, act, gate, out_act)
-    grads = ops.se_backward(gyd, xd, z, y if relu else None, w1d, b1d, w2d, b2d, act, gate, True)
-    torch.cuda.synchronize()
+    def run():
+        y, z = ops.se_forward(xd, w1d, b1d, w2d, b2d, resd, act, gate, out_act)
+        grads = ops.se_backward(gyd, xd, z, y if relu else None, w1d, b1d, w2d, b2d, act, gate,
+                                True)
+        torch.cuda.synchronize()
+        return y, z, grads
+
+    y, z, grads = run()
+    for knob in ("SE_FUSED_CUDA_GRID", "SE_FUSED_CUDA_WAVE_BYTES"):
+        os.environ[knob] = "1"
+        y2, z2, grads2 = run()
+        del os.environ[knob]
+        if not all(torch.equal(a, b) for a, b in zip((y, z) + tuple(grads), (y2, z2) + tuple(grads2))):
+            failures.append(f"{shape} {dtype} cl={channels_last}: bits changed with {knob}=1")
+    if not residual and not relu and not misaligned:
+        # in place, and the y-only backward from that y
+        xi = xd.clone()
+        zi = ops.se_forward_(xi, w1d, b1d, w2d, b2d, None, act, gate, "none")
+        if not (torch.equal(xi, y) and torch.equal(zi, z)):
+            failures.append(f"{shape} {dtype} cl={channels_last}: in-place forward differs")
+        gy_only = ops.se_backward(gyd, xi, zi, None, w1d, b1d, w2d, b2d, act, gate, False, True)
+        for name, a, b in zip(("grad_x", "grad_w1"), (gy_only[0], gy_only[2]), (grads[0], grads[2])):
+            check(f"{shape} {dtype} y-only {name}", a, b, dtype, failures)
 
     tag = (f"{tuple(shape)} {dtype} {'cl' if channels_last else 'nchw'} res={residual} "
            f"relu={relu} bias={bias} misaligned={misaligned}")
@@ -103,6 +126,9 @@ def main():
         ((2, 64, 3, 3), 16),   # channels_last 16-byte vectors
         ((1, 8, 40, 40), 2),   # H*W split across blocks (partials, last-block counter)
         ((1, 1, 33, 31), 1),   # one channel: spare warps take further chunks
+        ((1, 2, 70, 70), 1),   # rows longer than a tile (pieces across tiles)
+        ((20, 24, 4, 4), 6),   # more than one 16-sample excitation tile
+        ((2, 300, 2, 2), 40),  # many channels a tile, several fc1 splits
     ]
     count = 0
     for (shape, R), dtype, cl in itertools.product(

@@ -1,0 +1,210 @@
+// Squeeze tiles: per-channel sums over one tile of the streamed tensor(s). The
+// forward sums x; the backward's reduce (backward_reduce.cuh) sums g*v through
+// the same code with another Source.
+//
+// NCHW: a sample is one contiguous span of C*H*W elements, cut into tiles of L
+// elements. A tile is loaded with coalesced 16-byte granules (4 per thread in
+// flight) into shared memory; every channel row (or row piece) in it is then a
+// segment of shared memory that `seg_lanes` lanes sum. No per-row head/tail
+// loops, and the sums come from shared memory, so their order is the same
+// whether the granules were vector or scalar loads (misaligned pointers).
+// A row inside one tile gives rowsum[n, c]; a row crossing tiles leaves a piece
+// in each: the first tile's "tail" slot, later tiles' "head" slots. row_total
+// adds them in tile order.
+//
+// channels_last: a tile is PT pixels x CT channels; each thread keeps one
+// granule of channels and walks pixels (4 loads in flight), then the thread rows
+// are added in order through shared memory: part[n, pixel tile, c].
+#pragma once
+
+#include "se_cuda_common.cuh"
+
+namespace se_fused {
+namespace cuda {
+
+template <typename acc_t>
+struct Pieces {
+  acc_t* rowsum;  // NCHW (N, C)
+  acc_t* edges;   // NCHW (N, T, 2): head, tail pieces of rows crossing tiles
+  acc_t* part;    // channels_last (N, PTn, C)
+};
+
+// A Source is what a reduce tile sums: load/stage/terms for 16-byte granules,
+// scalar() for one element of the paths without granules (misaligned pointers,
+// spans or rows not a whole number of granules); the two paths are separate
+// loops, so neither holds the other's registers.
+//
+// The forward's source: x itself, staged as stored. x is read again by the scale
+// of the same wave, so it is loaded with the L2 "keep" policy.
+template <typename T, typename acc_t>
+struct XSource {
+  static constexpr int V = Width<T>::value;
+  static constexpr int kGranulesPerThread = kStageBytes / (kThreads * kGranule);  // 4
+  static constexpr int kStep = 4;  // granules loaded before the first is used
+  using staged_t = T;
+  struct Loaded {
+    Raw16 x;
+  };
+  const T* x;
+  uint64_t keep = l2_keep_policy();
+
+  SE_DEV Loaded load(int64_t off) const { return {load16<L2Hint::Keep>(x + off, keep)}; }
+  SE_DEV acc_t scalar(int64_t off) const { return static_cast<acc_t>(load1(x + off)); }
+  SE_DEV void stage(const Loaded& l, staged_t* dst) const {
+    *reinterpret_cast<Raw16*>(dst) = l.x;
+  }
+  SE_DEV void terms(const Loaded& l, acc_t* e) const { unpack<T, acc_t>(l.x, e); }
+  static SE_DEV acc_t value(staged_t v) { return static_cast<acc_t>(v); }
+  static SE_DEV staged_t to_staged(acc_t v) { return static_cast<staged_t>(v); }
+};
+
+// Stages elements [base, base + len) of the source into buf (granule g at g*V).
+template <typename Src>
+SE_DEV void stage_span(const Src& src, int64_t base, int len, typename Src::staged_t* buf,
+                       bool vec) {
+  constexpr int V = Src::V;
+  constexpr int U = Src::kGranulesPerThread;
+  constexpr int S = Src::kStep;
+  if (!vec) {
+    for (int i = threadIdx.x; i < len; i += kThreads) buf[i] = Src::to_staged(src.scalar(base + i));
+    return;
+  }
+  const int ng = len / V;  // vector mode: spans are whole granules
+#pragma unroll
+  for (int k0 = 0; k0 < U; k0 += S) {
+    typename Src::Loaded l[S];
+#pragma unroll
+    for (int k = 0; k < S; ++k) {
+      const int g = (k0 + k) * kThreads + int(threadIdx.x);
+      if (g < ng) l[k] = src.load(base + int64_t(g) * V);
+    }
+#pragma unroll
+    for (int k = 0; k < S; ++k) {
+      const int g = (k0 + k) * kThreads + int(threadIdx.x);
+      if (g < ng) src.stage(l[k], buf + g * V);
+    }
+  }
+}
+
+// Tile t of sample n (NCHW), see the file comment.
+template <typename acc_t, typename Src>
+SE_DEV void reduce_tile_nchw(const Plan& p, const Src& src, int64_t n, uint32_t t,
+                             const Pieces<acc_t>& out, unsigned char* smem) {
+  using S = typename Src::staged_t;
+  S* buf = reinterpret_cast<S*>(smem);
+  acc_t* red = reinterpret_cast<acc_t*>(smem + kStageBytes);  // one word per lane group
+  const int64_t P = p.C * p.HW, L = p.st.L, HW = p.HW;
+  const int64_t e0 = int64_t(t) << p.st.log2_L;
+  const int len = int(imin(L, P - e0));
+  stage_span(src, n * P + e0, len, buf, p.st.vec);
+  __syncthreads();
+
+  const int64_t c_first = int64_t(p.st.hw_div.div(uint64_t(e0)));
+  const int nseg = int(int64_t(p.st.hw_div.div(uint64_t(e0 + len - 1))) - c_first + 1);
+  const int G = p.st.seg_lanes, gps = p.st.seg_groups;
+  const int grp = threadIdx.x / G, lane = threadIdx.x % G;
+  const int slots = kThreads / G / gps;
+  const int slot = grp / gps, sub = grp % gps;
+  const int span = G * gps, first = sub * G + lane;
+  for (int s0 = 0; s0 < nseg; s0 += slots) {  // the same trip count in every thread
+    const int seg = s0 + slot;
+    const int64_t c = c_first + seg;
+    const bool ok = seg < nseg;
+    acc_t a = acc_t(0);
+    if (ok) {
+      const int lo = int(imax(c * HW, e0) - e0), hi = int(imin((c + 1) * HW, e0 + len) - e0);
+      for (int i = lo + first; i < hi; i += span) a += Src::value(buf[i]);
+    }
+    a = group_sum(a, G);
+    if (gps > 1) {
+      if (lane == 0) red[grp] = a;
+      __syncthreads();
+      if (sub == 0 && lane == 0) {
+        for (int k = 1; k < gps; ++k) a += red[grp + k];
+      }
+      __syncthreads();
+    }
+    if (ok && sub == 0 && lane == 0) {
+      const bool before = c * HW < e0, after = (c + 1) * HW > e0 + len;
+      if (!before && !after) {
+        store1(out.rowsum + n * p.C + c, a);
+      } else {
+        store1(out.edges + (n * p.st.T + t) * 2 + (before ? 0 : 1), a);
+      }
+    }
+  }
+}
+
+// Tile `tile` of sample n (channels_last), see the file comment.
+template <typename acc_t, typename Src>
+SE_DEV void reduce_tile_cl(const Plan& p, const Src& src, int64_t n, uint32_t tile,
+                           const Pieces<acc_t>& out, unsigned char* smem) {
+  constexpr int V = Src::V;
+  constexpr int S = Src::kStep;
+  const Stream& st = p.st;
+  const uint32_t pt = tile / uint32_t(st.CTn), ct = tile % uint32_t(st.CTn);
+  const int tx = threadIdx.x % st.TC, ty = threadIdx.x / st.TC;
+  const int64_t c = int64_t(ct) * st.CT + int64_t(tx) * V;
+  const int nvalid = int(imin(V, p.C - c));
+  const int64_t p1 = imin(p.HW, int64_t(pt + 1) * st.PT);
+  acc_t a[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) a[k] = acc_t(0);
+  if (nvalid > 0 && !st.vec) {
+    for (int64_t q = int64_t(pt) * st.PT + ty; q < p1; q += st.TP) {
+      const int64_t off = (n * p.HW + q) * p.C + c;
+#pragma unroll
+      for (int j = 0; j < V; ++j) a[j] += j < nvalid ? src.scalar(off + j) : acc_t(0);
+    }
+  } else if (nvalid > 0) {
+    for (int64_t q = int64_t(pt) * st.PT + ty; q < p1; q += int64_t(S) * st.TP) {
+      typename Src::Loaded l[S];
+#pragma unroll
+      for (int k = 0; k < S; ++k) {
+        const int64_t qk = q + int64_t(k) * st.TP;
+        if (qk < p1) l[k] = src.load((n * p.HW + qk) * p.C + c);
+      }
+#pragma unroll
+      for (int k = 0; k < S; ++k) {
+        if (q + int64_t(k) * st.TP < p1) {
+          acc_t e[V];
+          src.terms(l[k], e);
+#pragma unroll
+          for (int j = 0; j < V; ++j) a[j] += e[j];
+        }
+      }
+    }
+  }
+  acc_t* red = reinterpret_cast<acc_t*>(smem);  // [TP][CT]
+#pragma unroll
+  for (int k = 0; k < V; ++k) red[ty * st.CT + tx * V + k] = a[k];
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < st.CT; j += kThreads) {
+    const int64_t cc = int64_t(ct) * st.CT + j;
+    if (cc < p.C) {
+      acc_t s = acc_t(0);
+      for (int r = 0; r < st.TP; ++r) s += red[r * st.CT + j];
+      store1(out.part + (n * st.PTn + pt) * p.C + cc, s);
+    }
+  }
+}
+
+// sum over H*W of channel c of sample n, from the pieces of all tiles, in tile order.
+template <bool CL, typename acc_t>
+SE_DEV acc_t row_total(const Plan& p, const Pieces<acc_t>& in, int64_t n, int64_t c) {
+  if constexpr (CL) {
+    acc_t s = acc_t(0);
+    for (int64_t pt = 0; pt < p.st.PTn; ++pt) s += load_cg(in.part + (n * p.st.PTn + pt) * p.C + c);
+    return s;
+  }
+  const int64_t e0 = c * p.HW;
+  const int64_t tf = e0 >> p.st.log2_L, tl = (e0 + p.HW - 1) >> p.st.log2_L;
+  if (tf == tl) return load_cg(in.rowsum + n * p.C + c);
+  const acc_t* e = in.edges + n * p.st.T * 2;
+  acc_t s = load_cg(e + tf * 2 + 1);
+  for (int64_t t = tf + 1; t <= tl; ++t) s += load_cg(e + t * 2);
+  return s;
+}
+
+}  // namespace cuda
+}  // namespace se_fused
