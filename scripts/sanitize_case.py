@@ -101,7 +101,7 @@ def run_case(shape, R, dtype, channels_last, residual, relu, bias, misaligned, g
     check(f"{tag} y", y, y_ref.to(dtype), dtype, failures)
     check(f"{tag} z", z, xr.mean(dim=(2, 3)), dtype, failures)
     y_mask = y.cpu().double() if relu else None
-    ref = _backward_composite(gy.double(), xr, y_mask, w1.double(),
+    ref = _backward_composite(gy.double(), xr, None, y_mask, w1.double(),
                               None if b1 is None else b1.double(), w2.double(),
                               None if b2 is None else b2.double(), act, gate)
     names = ("grad_x", "grad_residual", "grad_w1", "grad_b1", "grad_w2", "grad_b2")

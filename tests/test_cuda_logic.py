@@ -192,8 +192,8 @@ def reference_backward(d, y, act, gate, x=None):
     g = d["grad_y"].double()
     if y is not None:
         g = torch.where(y.double() <= 0, torch.zeros_like(g), g)
-    gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(g, x.double(), None, *map(f64, params(d)),
-                                                       act, gate)
+    gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(
+        g, x.double(), None, None, *map(f64, params(d)), act, gate)
     return gx, (gres if y is not None else None), gw1, gb1, gw2, gb2
 
 
