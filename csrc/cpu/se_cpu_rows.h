@@ -1,0 +1,271 @@
+// The streaming passes over x, one contiguous run at a time: a row of H*W
+// values of one channel (NCHW) or a pixel's C channels (channels_last).
+// Single-threaded; every sum has an order fixed by the run length alone.
+//
+// NCHW rows of deep stages are short (49 or 196 values), so what counts there
+// is the work per row: the fp32 AVX-512 versions keep every row in vector
+// registers with one masked tail instead of a scalar remainder loop, and reduce
+// each row with one horizontal sum.
+#pragma once
+
+#include <cstdint>
+
+#include "se_common.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace se_fused {
+namespace cpu {
+
+// sum of v(k) for k in [0, n): independent partial sums, which gcc keeps in one
+// vector register (`omp simd reduction` made it emit gathers).
+template <typename acc_t, typename V>
+inline acc_t sum_run(const V& v, int64_t n) {
+  constexpr int kLanes = 32 / sizeof(acc_t) * 2;
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += v(i + k);
+  }
+  acc_t s = 0;
+  for (; i < n; ++i) s += v(i);
+  for (int k = 0; k < kLanes; ++k) s += part[k];
+  return s;
+}
+
+// The gradient reaching x * s: grad_y, or zero where the output relu was off
+// (mask = y, nullptr without the relu). A multiply, not `y > 0 ? v : 0`: gcc 12
+// -O3 miscompiled that select inside sum_run's unrolled lanes.
+template <typename acc_t, typename scalar_t>
+inline acc_t masked_grad(const scalar_t* gy, const scalar_t* mask, int64_t k) {
+  acc_t v = static_cast<acc_t>(gy[k]);
+  if (mask) v *= acc_t(relu_passes(static_cast<acc_t>(mask[k])));
+  return v;
+}
+
+// ---- NCHW: one row of n = H * W values ----------------------------------------
+
+template <typename acc_t, typename scalar_t>
+inline acc_t row_sum(const scalar_t* x, int64_t n) {
+  return sum_run<acc_t>([=](int64_t k) { return static_cast<acc_t>(x[k]); }, n);
+}
+
+// sum_k g(k) * v(k), g the masked gradient.
+template <typename acc_t, typename scalar_t>
+inline acc_t row_grad_dot(const scalar_t* gy, const scalar_t* mask, const scalar_t* v, int64_t n) {
+  if (mask) {
+    return sum_run<acc_t>(
+        [=](int64_t k) { return masked_grad<acc_t>(gy, mask, k) * static_cast<acc_t>(v[k]); }, n);
+  }
+  return sum_run<acc_t>(
+      [=](int64_t k) { return static_cast<acc_t>(gy[k]) * static_cast<acc_t>(v[k]); }, n);
+}
+
+// y = out_act(x * s + r); y may be x (each value is read before it is written).
+template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
+inline void row_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, int64_t n, acc_t s) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    acc_t v = static_cast<acc_t>(x[k]) * s;
+    if constexpr (kRes) v += static_cast<acc_t>(r[k]);
+    if constexpr (kRelu) v = apply_relu(v);
+    y[k] = static_cast<scalar_t>(v);
+  }
+}
+
+// gx = g * s + dz, and gres = g when wanted.
+template <bool kRes, typename acc_t, typename scalar_t>
+inline void row_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
+                         int64_t n, acc_t s, acc_t dz) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    const acc_t g = masked_grad<acc_t>(gy, mask, k);
+    gx[k] = static_cast<scalar_t>(g * s + dz);
+    if constexpr (kRes) gres[k] = static_cast<scalar_t>(g);
+  }
+}
+
+#if defined(__AVX512F__)
+
+inline __mmask16 row_tail(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
+}
+
+// 1.0 where the relu passed (y > 0 or NaN, as torch.relu's backward), else 0.0.
+inline __m512 relu_pass_factor(__mmask16 m, const float* y) {
+  const __m512 yv = _mm512_maskz_loadu_ps(m, y);
+  const __mmask16 on = _mm512_mask_cmp_ps_mask(m, yv, _mm512_setzero_ps(), _CMP_NLE_UQ);
+  return _mm512_maskz_mov_ps(on, _mm512_set1_ps(1.f));
+}
+
+template <typename Load>
+inline float row_reduce(const Load& load, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t k = 0;
+  for (; k + 64 <= n; k += 64) {
+    a0 = _mm512_add_ps(a0, load(k, __mmask16(0xFFFF)));
+    a1 = _mm512_add_ps(a1, load(k + 16, __mmask16(0xFFFF)));
+    a2 = _mm512_add_ps(a2, load(k + 32, __mmask16(0xFFFF)));
+    a3 = _mm512_add_ps(a3, load(k + 48, __mmask16(0xFFFF)));
+  }
+  for (; k + 16 <= n; k += 16) a0 = _mm512_add_ps(a0, load(k, __mmask16(0xFFFF)));
+  if (k < n) a1 = _mm512_add_ps(a1, load(k, row_tail(n - k)));
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+template <>
+inline float row_sum<float, float>(const float* x, int64_t n) {
+  return row_reduce([=](int64_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x + k); }, n);
+}
+
+template <>
+inline float row_grad_dot<float, float>(const float* gy, const float* mask, const float* v,
+                                        int64_t n) {
+  if (mask) {
+    return row_reduce(
+        [=](int64_t k, __mmask16 m) {
+          const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gy + k),
+                                         relu_pass_factor(m, mask + k));
+          return _mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, v + k));
+        },
+        n);
+  }
+  return row_reduce(
+      [=](int64_t k, __mmask16 m) {
+        return _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gy + k), _mm512_maskz_loadu_ps(m, v + k));
+      },
+      n);
+}
+
+// Masked stores are slow on this class of core (AMD Zen), so only a row's last
+// partial vector is written under a mask.
+template <bool kRes, bool kRelu>
+inline __m512 scale_vec(const float* x, const float* r, __m512 sv, __mmask16 m) {
+  __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), sv);
+  if constexpr (kRes) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r));
+  // max returns its second operand when either is NaN (and for -0 against 0),
+  // which is what apply_relu gives.
+  if constexpr (kRelu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+  return v;
+}
+
+template <bool kRes, bool kRelu>
+inline void row_scale_f32(const float* x, const float* r, float* y, int64_t n, float s) {
+  const __m512 sv = _mm512_set1_ps(s);
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    _mm512_storeu_ps(y + k, scale_vec<kRes, kRelu>(x + k, r + k, sv, __mmask16(0xFFFF)));
+  if (k < n) {
+    const __mmask16 m = row_tail(n - k);
+    _mm512_mask_storeu_ps(y + k, m, scale_vec<kRes, kRelu>(x + k, r + k, sv, m));
+  }
+}
+
+template <>
+inline void row_scale<false, false, float, float>(const float* x, const float* r, float* y,
+                                                  int64_t n, float s) {
+  row_scale_f32<false, false>(x, r, y, n, s);
+}
+template <>
+inline void row_scale<true, false, float, float>(const float* x, const float* r, float* y,
+                                                 int64_t n, float s) {
+  row_scale_f32<true, false>(x, r, y, n, s);
+}
+template <>
+inline void row_scale<false, true, float, float>(const float* x, const float* r, float* y,
+                                                 int64_t n, float s) {
+  row_scale_f32<false, true>(x, r, y, n, s);
+}
+template <>
+inline void row_scale<true, true, float, float>(const float* x, const float* r, float* y,
+                                                int64_t n, float s) {
+  row_scale_f32<true, true>(x, r, y, n, s);
+}
+
+template <bool kRes>
+inline void row_grad_map_f32(const float* gy, const float* mask, float* gx, float* gres,
+                             int64_t n, float s, float dz) {
+  const __m512 sv = _mm512_set1_ps(s), dzv = _mm512_set1_ps(dz);
+  auto grad = [=](int64_t k, __mmask16 m) {
+    __m512 g = _mm512_maskz_loadu_ps(m, gy + k);
+    return mask ? _mm512_mul_ps(g, relu_pass_factor(m, mask + k)) : g;
+  };
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 g = grad(k, __mmask16(0xFFFF));
+    _mm512_storeu_ps(gx + k, _mm512_fmadd_ps(g, sv, dzv));
+    if constexpr (kRes) _mm512_storeu_ps(gres + k, g);
+  }
+  if (k < n) {
+    const __mmask16 m = row_tail(n - k);
+    const __m512 g = grad(k, m);
+    _mm512_mask_storeu_ps(gx + k, m, _mm512_fmadd_ps(g, sv, dzv));
+    if constexpr (kRes) _mm512_mask_storeu_ps(gres + k, m, g);
+  }
+}
+
+template <>
+inline void row_grad_map<false, float, float>(const float* gy, const float* mask, float* gx,
+                                              float* gres, int64_t n, float s, float dz) {
+  row_grad_map_f32<false>(gy, mask, gx, gres, n, s, dz);
+}
+template <>
+inline void row_grad_map<true, float, float>(const float* gy, const float* mask, float* gx,
+                                             float* gres, int64_t n, float s, float dz) {
+  row_grad_map_f32<true>(gy, mask, gx, gres, n, s, dz);
+}
+
+#endif  // __AVX512F__
+
+// ---- channels_last: one pixel's C values ---------------------------------------
+
+// part[c] += x[c]
+template <typename acc_t, typename scalar_t>
+inline void pix_accumulate(const scalar_t* x, acc_t* part, int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) part[c] += static_cast<acc_t>(x[c]);
+}
+
+// part[c] += g[c] * v[c]
+template <typename acc_t, typename scalar_t>
+inline void pix_grad_accumulate(const scalar_t* gy, const scalar_t* mask, const scalar_t* v,
+                                acc_t* part, int64_t C) {
+  if (mask) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      part[c] += masked_grad<acc_t>(gy, mask, c) * static_cast<acc_t>(v[c]);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      part[c] += static_cast<acc_t>(gy[c]) * static_cast<acc_t>(v[c]);
+  }
+}
+
+// y = out_act(x * s + r) over one pixel, s per channel; y may be x.
+template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
+inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const acc_t* s,
+                      int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t v = static_cast<acc_t>(x[c]) * s[c];
+    if constexpr (kRes) v += static_cast<acc_t>(r[c]);
+    if constexpr (kRelu) v = apply_relu(v);
+    y[c] = static_cast<scalar_t>(v);
+  }
+}
+
+template <bool kRes, typename acc_t, typename scalar_t>
+inline void pix_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
+                         const acc_t* s, const acc_t* dz, int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t g = masked_grad<acc_t>(gy, mask, c);
+    gx[c] = static_cast<scalar_t>(g * s[c] + dz[c]);
+    if constexpr (kRes) gres[c] = static_cast<scalar_t>(g);
+  }
+}
+
+}  // namespace cpu
+}  // namespace se_fused
