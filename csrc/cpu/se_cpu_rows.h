@@ -219,6 +219,101 @@ inline void row_grad_map<true, float, float>(const float* gy, const float* mask,
 
 #endif  // __AVX512F__
 
+// ---- a group's scale pass with streaming (non-temporal) stores of y ----------
+
+template <typename scalar_t>
+inline bool can_stream(const scalar_t*, int64_t, int64_t, bool) {
+  return false;
+}
+template <bool kRes, bool kRelu, typename scalar_t, typename acc_t>
+inline void scale_stream(const scalar_t*, const scalar_t*, scalar_t*, const acc_t*, int64_t,
+                         int64_t, int64_t, int64_t, bool) {}
+
+#if defined(__AVX512F__)
+// y must be 64-byte aligned; NCHW rows at least a vector long (a vector then
+// spans at most two rows), channels_last pixels a whole number of vectors.
+template <>
+inline bool can_stream<float>(const float* y, int64_t C, int64_t HW, bool cl) {
+  return (reinterpret_cast<uintptr_t>(y) & 63) == 0 && (cl ? C % 16 == 0 : HW >= 16);
+}
+
+// y = out_act(x * s + r) for samples [n0, n0 + g), written with streaming
+// stores: for outputs larger than the caches these skip reading y's old lines.
+template <bool kRes, bool kRelu>
+inline void scale_stream_f32(const float* x, const float* r, float* y, const float* s, int64_t n0,
+                             int64_t g, int64_t C, int64_t HW, bool cl) {
+  const int64_t f0 = n0 * C * HW, f1 = (n0 + g) * C * HW;
+  if (cl) {
+    for (int64_t f = f0; f < f1; f += C) {
+      const float* sn = s + (f / (C * HW)) * C;
+      for (int64_t c = 0; c < C; c += 16) {
+        const __m512 v = scale_vec<kRes, kRelu>(x + f + c, r + f + c, _mm512_loadu_ps(sn + c),
+                                                __mmask16(0xFFFF));
+        _mm512_stream_ps(y + f + c, v);
+      }
+    }
+    _mm_sfence();
+    return;
+  }
+  // NCHW: flat over the group's rows; a vector that crosses into the next row
+  // takes that row's scale in its upper lanes.
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t f = f0;
+  const int64_t head = std::min(f1, (f0 + 15) / 16 * 16);
+  for (; f < head; ++f) {
+    float v = x[f] * s[f / HW];
+    if constexpr (kRes) v += r[f];
+    if constexpr (kRelu) v = apply_relu(v);
+    y[f] = v;
+  }
+  int64_t row = f / HW, row_end = (row + 1) * HW;
+  for (; f + 16 <= f1; f += 16) {
+    __m512 sv = _mm512_set1_ps(s[row]);
+    if (row_end < f + 16) {
+      const __mmask16 next = _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(int(row_end - f)));
+      sv = _mm512_mask_blend_ps(next, sv, _mm512_set1_ps(s[row + 1]));
+    }
+    if (row_end <= f + 16) {
+      ++row;
+      row_end += HW;
+    }
+    _mm512_stream_ps(y + f, scale_vec<kRes, kRelu>(x + f, r + f, sv, __mmask16(0xFFFF)));
+  }
+  _mm_sfence();
+  for (; f < f1; ++f) {
+    float v = x[f] * s[f / HW];
+    if constexpr (kRes) v += r[f];
+    if constexpr (kRelu) v = apply_relu(v);
+    y[f] = v;
+  }
+}
+
+template <>
+inline void scale_stream<false, false, float, float>(const float* x, const float* r, float* y,
+                                                     const float* s, int64_t n0, int64_t g,
+                                                     int64_t C, int64_t HW, bool cl) {
+  scale_stream_f32<false, false>(x, r, y, s, n0, g, C, HW, cl);
+}
+template <>
+inline void scale_stream<true, false, float, float>(const float* x, const float* r, float* y,
+                                                    const float* s, int64_t n0, int64_t g,
+                                                    int64_t C, int64_t HW, bool cl) {
+  scale_stream_f32<true, false>(x, r, y, s, n0, g, C, HW, cl);
+}
+template <>
+inline void scale_stream<false, true, float, float>(const float* x, const float* r, float* y,
+                                                    const float* s, int64_t n0, int64_t g,
+                                                    int64_t C, int64_t HW, bool cl) {
+  scale_stream_f32<false, true>(x, r, y, s, n0, g, C, HW, cl);
+}
+template <>
+inline void scale_stream<true, true, float, float>(const float* x, const float* r, float* y,
+                                                   const float* s, int64_t n0, int64_t g,
+                                                   int64_t C, int64_t HW, bool cl) {
+  scale_stream_f32<true, true>(x, r, y, s, n0, g, C, HW, cl);
+}
+#endif  // __AVX512F__
+
 // ---- channels_last: one pixel's C values ---------------------------------------
 
 // part[c] += x[c]
@@ -255,6 +350,43 @@ inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const a
     y[c] = static_cast<scalar_t>(v);
   }
 }
+
+#if defined(__AVX512F__)
+// The same arithmetic as scale_stream_f32 (multiply, then add: no contraction),
+// so a pixel's value does not depend on which of the two wrote it.
+template <bool kRes, bool kRelu>
+inline void pix_scale_f32(const float* x, const float* r, float* y, const float* s, int64_t C) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16)
+    _mm512_storeu_ps(y + c, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_loadu_ps(s + c),
+                                                   __mmask16(0xFFFF)));
+  if (c < C) {
+    const __mmask16 m = row_tail(C - c);
+    _mm512_mask_storeu_ps(
+        y + c, m, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_maskz_loadu_ps(m, s + c), m));
+  }
+}
+template <>
+inline void pix_scale<false, false, float, float>(const float* x, const float* r, float* y,
+                                                  const float* s, int64_t C) {
+  pix_scale_f32<false, false>(x, r, y, s, C);
+}
+template <>
+inline void pix_scale<true, false, float, float>(const float* x, const float* r, float* y,
+                                                 const float* s, int64_t C) {
+  pix_scale_f32<true, false>(x, r, y, s, C);
+}
+template <>
+inline void pix_scale<false, true, float, float>(const float* x, const float* r, float* y,
+                                                 const float* s, int64_t C) {
+  pix_scale_f32<false, true>(x, r, y, s, C);
+}
+template <>
+inline void pix_scale<true, true, float, float>(const float* x, const float* r, float* y,
+                                                const float* s, int64_t C) {
+  pix_scale_f32<true, true>(x, r, y, s, C);
+}
+#endif  // __AVX512F__
 
 template <bool kRes, typename acc_t, typename scalar_t>
 inline void pix_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
