@@ -32,8 +32,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.append(str(HERE.parent))  # run from a checkout without an installed se_fused
+# This checkout's se_fused first, before any installed one (make's .pth file may
+# point at another checkout): the results must be those of the csrc/ they record.
+sys.path.insert(0, str(HERE.parent))
 
 import _env  # noqa: E402
 import _report  # noqa: E402
@@ -654,6 +655,9 @@ def assemble(env, device, args, argv, timer, copy_bytes, copy_gbps, train_batch,
     result["not_run"] = not_run_notes(device, cases, result, args)
     busy = _env.busy_warning(result["load_before"], result["load_after"])
     result["warnings"] = [busy] if busy and device.type == "cpu" else []
+    if Path(se_fused.__file__).resolve().parent.parent != HERE.parent:
+        result["warnings"].append(f"se_fused came from {result['se_fused']}, not from this "
+                                  "checkout, whose csrc/ the commit and hash above describe")
     if hasattr(timer, "load_summary"):
         result["timer_load"] = load = timer.load_summary()
         if load["contended"]:

@@ -54,10 +54,14 @@ int64_t thread_group_size(int64_t sample_bytes, int64_t weight_bytes, int64_t n)
   const int64_t groups = (n + want - 1) / want;
   return (n + groups - 1) / groups;
 }
-// Outputs at least this large are written with streaming stores: they do not
-// stay in the caches anyway, and streaming skips reading their old lines
-// (SE-ResNet-50 s3 at N = 32, 25 MiB, NCHW: forward 1.76 -> 1.45 ms).
+// Outputs in [kStreamBytes, kFreshBytes) are written with streaming stores: they
+// do not stay in the caches anyway, and streaming skips reading their old lines
+// (SE-ResNet-50 s3 at N = 32, 25 MiB, NCHW: forward 1.94 -> 1.58 ms). From 32 MiB
+// on, glibc maps every such allocation afresh, the kernel zeroes each new page
+// through the cache, and streaming stores then only add a write (s1, 98 MiB:
+// 30.9 -> 32.5 ms).
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
+constexpr int64_t kFreshBytes = int64_t(32) << 20;
 // The same for a group split over all threads (small batches).
 constexpr int64_t kSharedGroupBytes = int64_t(6) << 20;
 // Elements (or multiply-adds) a parallel task should at least cover to amortise
@@ -100,9 +104,20 @@ void bool_switch(bool flag, const F& f) {
   }
 }
 
+// Intermediates (the small layers' vectors, pixel-chunk sums: at most a few MiB)
+// live in buffers of the calling thread kept across calls, one per use (kSlot),
+// so that a call allocates nothing beyond its outputs: a fresh buffer of more
+// than 128 KiB is mmap'ed and page-faulted by glibc on every call, and its
+// release moves glibc's thresholds, which decides whether y's own memory is
+// reused or faulted in again (measured: 0.39 vs 0.58 ms at EfficientNet-B0 s6.1).
+enum Slot { kCallSlot = 0, kTaskSlot = 1, kChunkSlot = 2, kSlots = 3 };
+
 template <typename T>
-at::Tensor scratch(int64_t n) {
-  return at::empty({std::max<int64_t>(n, 1)}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+T* scratch(Slot slot, int64_t n) {
+  thread_local std::vector<T> buffers[kSlots];
+  std::vector<T>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
 }
 
 template <typename acc_t>
@@ -133,12 +148,13 @@ void pixel_sums_serial(int64_t HW, int64_t C, int64_t P, const Add& add, acc_t* 
 // The same sums for g samples (add(n, pixel, part)), chunks spread over threads.
 template <typename acc_t, typename Add>
 void pixel_sums_split(int64_t g, int64_t HW, int64_t C, int64_t P, const Add& add,
-                      std::vector<acc_t>& partial, acc_t* out) {
-  partial.assign(static_cast<size_t>(g * P * C), acc_t(0));
+                      acc_t* out) {
+  acc_t* partial = scratch<acc_t>(kChunkSlot, g * P * C);
+  std::fill(partial, partial + g * P * C, acc_t(0));
   at::parallel_for(0, g * P, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / P, p = t % P;
-      acc_t* part = partial.data() + t * C;
+      acc_t* part = partial + t * C;
       for (int64_t pix = HW * p / P; pix < HW * (p + 1) / P; ++pix) add(n, pix, part);
     }
   });
@@ -152,8 +168,15 @@ void pixel_sums_split(int64_t g, int64_t HW, int64_t C, int64_t P, const Add& ad
   });
 }
 
+// Multiply-adds a parallel task of the small layers should at least have: below
+// that a fork and join (and the second core reading the weights too) costs more
+// than it saves (one sample of SE-ResNet-50 s4, 2 x 262144, runs on one core).
+constexpr int64_t kLayerTaskMacs = int64_t(1) << 18;
+
 // Outputs of one small layer per parallel task, for g samples of K inputs each.
-int64_t layer_grain(int64_t g, int64_t K) { return std::max<int64_t>(4, grain_for(g * K)); }
+int64_t layer_grain(int64_t g, int64_t K) {
+  return std::max<int64_t>(4, kLayerTaskMacs / std::max<int64_t>(1, g * K));
+}
 
 // ---- forward ---------------------------------------------------------------
 
@@ -167,8 +190,7 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
   const int64_t sample_bytes = sample * int64_t(sizeof(scalar_t)) * (res ? 2 : 1);
   const int64_t weight_bytes = 2 * R * C * int64_t(sizeof(acc_t));
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
-  at::Tensor hs_buf = scratch<acc_t>(N * (R + C));
-  acc_t* h = hs_buf.data_ptr<acc_t>();  // (N, R)
+  acc_t* h = scratch<acc_t>(kCallSlot, N * (R + C));  // (N, R)
   acc_t* s = h + N * R;                 // (N, C)
 
   // Small layers of samples [n0, n0 + g), outputs [j0, j1) of one layer.
@@ -203,10 +225,11 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
 
       if (per_thread_schedule(N)) {
         const int64_t G = thread_group_size(sample_bytes, weight_bytes, thread_share(N));
+        const int64_t y_bytes = N * sample * int64_t(sizeof(scalar_t));
         const bool stream_y =
-            cpu::can_stream(y, C, HW, cl) && N * sample * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+            cpu::can_stream(y, C, HW, cl) && y_bytes >= kStreamBytes && y_bytes < kFreshBytes;
         at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-          std::vector<acc_t> part(cl ? C : 0);
+          acc_t* part = scratch<acc_t>(kTaskSlot, cl ? C : 0);
           for (int64_t n0 = b; n0 < e; n0 += G) {
             const int64_t g = std::min(G, e - n0);
             for (int64_t n = n0; n < n0 + g; ++n) {
@@ -216,7 +239,7 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
                 pixel_sums_serial<acc_t>(
                     HW, C, P,
                     [=](int64_t q, acc_t* pt) { cpu::pix_accumulate(xn + q * C, pt, C); },
-                    part.data(), zn);
+                    part, zn);
                 for (int64_t c = 0; c < C; ++c) zn[c] *= inv_hw;
               } else {
                 for (int64_t c = 0; c < C; ++c)
@@ -238,7 +261,6 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
       }
 
       const int64_t G = group_size(kSharedGroupBytes, sample_bytes, N);
-      std::vector<acc_t> partial;
       for (int64_t n0 = 0; n0 < N; n0 += G) {
         const int64_t g = std::min(G, N - n0);
         acc_t* zg = z + n0 * C;
@@ -249,7 +271,7 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
               [=](int64_t n, int64_t q, acc_t* pt) {
                 cpu::pix_accumulate(xg + (n * HW + q) * C, pt, C);
               },
-              partial, zg);
+              zg);
           for (int64_t i = 0; i < g * C; ++i) zg[i] *= inv_hw;
         } else {
           at::parallel_for(n0 * C, (n0 + g) * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
@@ -289,8 +311,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   const int64_t G = per_thread ? thread_group_size(sample_bytes, weight_bytes, thread_share(N))
                                : group_size(kSharedGroupBytes, sample_bytes, N);
   // Kept for the whole batch: the weight gradients are summed over it at the end.
-  at::Tensor batch_buf = scratch<acc_t>(N * (2 * R + C));
-  acc_t* h = batch_buf.data_ptr<acc_t>();  // (N, R)
+  acc_t* h = scratch<acc_t>(kCallSlot, N * (2 * R + C));  // (N, R)
   acc_t* da1 = h + N * R;                  // (N, R)
   acc_t* da2 = da1 + N * R;                // (N, C)
 
@@ -365,9 +386,9 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
 
     if (per_thread) {
       at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-        at::Tensor buf = scratch<acc_t>(group_floats + (cl ? C : 0));
-        const Group w = group_view(buf.data_ptr<acc_t>());
-        acc_t* part = buf.data_ptr<acc_t>() + group_floats;
+        acc_t* buf = scratch<acc_t>(kTaskSlot, group_floats + (cl ? C : 0));
+        const Group w = group_view(buf);
+        acc_t* part = buf + group_floats;
         for (int64_t n0 = b; n0 < e; n0 += G) {
           const int64_t g = std::min(G, e - n0);
           for (int64_t n = n0; n < n0 + g; ++n) {
@@ -391,15 +412,13 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
         }
       });
     } else {
-      at::Tensor buf = scratch<acc_t>(group_floats);
-      const Group w = group_view(buf.data_ptr<acc_t>());
-      std::vector<acc_t> partial;
+      const Group w = group_view(scratch<acc_t>(kTaskSlot, group_floats));
       for (int64_t n0 = 0; n0 < N; n0 += G) {
         const int64_t g = std::min(G, N - n0);
         if (cl) {
           pixel_sums_split<acc_t>(
               g, HW, C, P,
-              [&](int64_t n, int64_t q, acc_t* pt) { pixel_add(n0 + n, q, pt); }, partial, w.d);
+              [&](int64_t n, int64_t q, acc_t* pt) { pixel_add(n0 + n, q, pt); }, w.d);
         } else {
           at::parallel_for(n0 * C, (n0 + g) * C, grain_for(HW),
                            [&](int64_t r0, int64_t r1) { reduce_rows(r0, r1, w.d, n0); });
@@ -428,7 +447,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   // units [0, kUnits) are rows of gw1, [kUnits, 2 kUnits) rows of gw2, so an even
   // split of the units is an even split of the work.
   constexpr int64_t kUnits = 1024;
-  const int64_t units_grain = R * C * N >= kTaskElements ? 1 : 2 * kUnits;
+  const int64_t units_grain = 2 * R * C * N >= 2 * kLayerTaskMacs ? 1 : 2 * kUnits;
   at::parallel_for(0, 2 * kUnits, units_grain, [&](int64_t u0, int64_t u1) {
     const int64_t r0 = R * std::min(u0, kUnits) / kUnits, r1 = R * std::min(u1, kUnits) / kUnits;
     if (r0 < r1) {

@@ -141,10 +141,13 @@ inline float row_grad_dot<float, float>(const float* gy, const float* mask, cons
 
 // Masked stores are slow on this class of core (AMD Zen), so only a row's last
 // partial vector is written under a mask.
+// x * s + r as one fused multiply-add: written out, not left to the compiler,
+// whose contraction of a multiply and an add depends on the inlining context
+// (it gave y one ulp apart between the two schedules).
 template <bool kRes, bool kRelu>
 inline __m512 scale_vec(const float* x, const float* r, __m512 sv, __mmask16 m) {
-  __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), sv);
-  if constexpr (kRes) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r));
+  const __m512 xv = _mm512_maskz_loadu_ps(m, x);
+  __m512 v = kRes ? _mm512_fmadd_ps(xv, sv, _mm512_maskz_loadu_ps(m, r)) : _mm512_mul_ps(xv, sv);
   // max returns its second operand when either is NaN (and for -0 against 0),
   // which is what apply_relu gives.
   if constexpr (kRelu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
@@ -352,8 +355,8 @@ inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const a
 }
 
 #if defined(__AVX512F__)
-// The same arithmetic as scale_stream_f32 (multiply, then add: no contraction),
-// so a pixel's value does not depend on which of the two wrote it.
+// The same arithmetic as scale_stream_f32, so a pixel's value does not depend on
+// which of the two wrote it.
 template <bool kRes, bool kRelu>
 inline void pix_scale_f32(const float* x, const float* r, float* y, const float* s, int64_t C) {
   int64_t c = 0;
