@@ -448,26 +448,22 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   // split of the units is an even split of the work.
   constexpr int64_t kUnits = 1024;
   const int64_t units_grain = 2 * R * C * N >= 2 * kLayerTaskMacs ? 1 : 2 * kUnits;
+  // out rows [i0, i1) of a^T b (a: N x M, b: N x K), bias[i] = sum_n a[n, i].
+  auto batch_outer = [N](const acc_t* a, int64_t M, const acc_t* b, int64_t K, int64_t i0,
+                         int64_t i1, acc_t* out, acc_t* bias) {
+    if (i0 >= i1) return;
+    gemm_nn(a + i0, 1, M, i1 - i0, b, K, 0, K, N, out + i0 * K, K);
+    for (int64_t i = i0; i < i1; ++i) {
+      acc_t sum = 0;
+      for (int64_t n = 0; n < N; ++n) sum += a[n * M + i];
+      bias[i] = sum;
+    }
+  };
   at::parallel_for(0, 2 * kUnits, units_grain, [&](int64_t u0, int64_t u1) {
-    const int64_t r0 = R * std::min(u0, kUnits) / kUnits, r1 = R * std::min(u1, kUnits) / kUnits;
-    if (r0 < r1) {
-      gemm_nn(da1 + r0, 1, R, r1 - r0, z, C, 0, C, N, gw1 + r0 * C, C);
-      for (int64_t r = r0; r < r1; ++r) {
-        acc_t sum = 0;
-        for (int64_t n = 0; n < N; ++n) sum += da1[n * R + r];
-        gb1[r] = sum;
-      }
-    }
-    const int64_t c0 = C * (std::max(u0, kUnits) - kUnits) / kUnits;
-    const int64_t c1 = C * (std::max(u1, kUnits) - kUnits) / kUnits;
-    if (c0 < c1) {
-      gemm_nn(da2 + c0, 1, C, c1 - c0, h, R, 0, R, N, gw2 + c0 * R, R);
-      for (int64_t c = c0; c < c1; ++c) {
-        acc_t sum = 0;
-        for (int64_t n = 0; n < N; ++n) sum += da2[n * C + c];
-        gb2[c] = sum;
-      }
-    }
+    batch_outer(da1, R, z, C, R * std::min(u0, kUnits) / kUnits,
+                R * std::min(u1, kUnits) / kUnits, gw1, gb1);
+    batch_outer(da2, C, h, R, C * (std::max(u0, kUnits) - kUnits) / kUnits,
+                C * (std::max(u1, kUnits) - kUnits) / kUnits, gw2, gb2);
   });
 }
 

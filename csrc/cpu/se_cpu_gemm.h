@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -106,6 +107,24 @@ inline void nt_block(const float* A, int64_t lda, const float* B, int64_t ldb, i
       out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[j] : 0.f);
 }
 
+// f(i, rows) for the row blocks [i, i + rows) of [0, M); rows is a
+// std::integral_constant<int, 1..6>, the block's height as a template argument.
+template <typename F>
+inline void for_row_blocks(int64_t M, const F& f) {
+  for (int64_t i = 0; i < M;) {
+    const int64_t mi = row_block(M - i);
+    switch (mi) {
+      case 6: f(i, std::integral_constant<int, 6>{}); break;
+      case 5: f(i, std::integral_constant<int, 5>{}); break;
+      case 4: f(i, std::integral_constant<int, 4>{}); break;
+      case 3: f(i, std::integral_constant<int, 3>{}); break;
+      case 2: f(i, std::integral_constant<int, 2>{}); break;
+      default: f(i, std::integral_constant<int, 1>{}); break;
+    }
+    i += mi;
+  }
+}
+
 template <int MI>
 inline void nt_row_block(int nj, const float* A, int64_t lda, const float* B, int64_t ldb,
                          int64_t K, const float* bias, float* out, int64_t ldo) {
@@ -127,20 +146,10 @@ inline void gemm_nt<float>(const float* A, int64_t lda, int64_t M, const float* 
     const int nj = static_cast<int>(std::min<int64_t>(4, j1 - j));
     const float* Bj = B + j * ldb;
     const float* bj = bias ? bias + j : nullptr;
-    for (int64_t i = 0; i < M;) {
-      const int64_t mi = row_block(M - i);
-      const float* Ai = A + i * lda;
-      float* o = out + i * ldo + j;
-      i += mi;
-      switch (mi) {
-        case 6: nt_row_block<6>(nj, Ai, lda, Bj, ldb, K, bj, o, ldo); break;
-        case 5: nt_row_block<5>(nj, Ai, lda, Bj, ldb, K, bj, o, ldo); break;
-        case 4: nt_row_block<4>(nj, Ai, lda, Bj, ldb, K, bj, o, ldo); break;
-        case 3: nt_row_block<3>(nj, Ai, lda, Bj, ldb, K, bj, o, ldo); break;
-        case 2: nt_row_block<2>(nj, Ai, lda, Bj, ldb, K, bj, o, ldo); break;
-        default: nt_row_block<1>(nj, Ai, lda, Bj, ldb, K, bj, o, ldo); break;
-      }
-    }
+    for_row_blocks(M, [&](int64_t i, auto rows) {
+      nt_row_block<decltype(rows)::value>(nj, A + i * lda, lda, Bj, ldb, K, bj,
+                                          out + i * ldo + j, ldo);
+    });
   }
 }
 
@@ -186,20 +195,10 @@ inline void gemm_nn<float>(const float* A, int64_t ai, int64_t ak, int64_t M, co
     const int64_t cols = std::min<int64_t>(64, j1 - j);
     const int nv = static_cast<int>((cols + 15) / 16);
     const __mmask16 m = lanes_below(cols - 16 * (nv - 1));
-    for (int64_t i = 0; i < M;) {
-      const int64_t mi = row_block(M - i);
-      const float* Ai = A + i * ai;
-      float* o = out + i * ldo + j;
-      i += mi;
-      switch (mi) {
-        case 6: nn_row_block<6>(nv, m, Ai, ai, ak, B + j, ldb, K, o, ldo); break;
-        case 5: nn_row_block<5>(nv, m, Ai, ai, ak, B + j, ldb, K, o, ldo); break;
-        case 4: nn_row_block<4>(nv, m, Ai, ai, ak, B + j, ldb, K, o, ldo); break;
-        case 3: nn_row_block<3>(nv, m, Ai, ai, ak, B + j, ldb, K, o, ldo); break;
-        case 2: nn_row_block<2>(nv, m, Ai, ai, ak, B + j, ldb, K, o, ldo); break;
-        default: nn_row_block<1>(nv, m, Ai, ai, ak, B + j, ldb, K, o, ldo); break;
-      }
-    }
+    for_row_blocks(M, [&](int64_t i, auto rows) {
+      nn_row_block<decltype(rows)::value>(nv, m, A + i * ai, ai, ak, B + j, ldb, K,
+                                          out + i * ldo + j, ldo);
+    });
   }
 }
 

@@ -8,12 +8,17 @@
 // each row with one horizontal sum.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "se_common.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#define SE_CPU_SIMD_F32 1
+#else
+#define SE_CPU_SIMD_F32 0
 #endif
 
 namespace se_fused {
@@ -45,49 +50,11 @@ inline acc_t masked_grad(const scalar_t* gy, const scalar_t* mask, int64_t k) {
   return v;
 }
 
-// ---- NCHW: one row of n = H * W values ----------------------------------------
-
+// The fp32 kernels below replace the generic loops for float x.
 template <typename acc_t, typename scalar_t>
-inline acc_t row_sum(const scalar_t* x, int64_t n) {
-  return sum_run<acc_t>([=](int64_t k) { return static_cast<acc_t>(x[k]); }, n);
-}
+constexpr bool kF32 = std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>;
 
-// sum_k g(k) * v(k), g the masked gradient.
-template <typename acc_t, typename scalar_t>
-inline acc_t row_grad_dot(const scalar_t* gy, const scalar_t* mask, const scalar_t* v, int64_t n) {
-  if (mask) {
-    return sum_run<acc_t>(
-        [=](int64_t k) { return masked_grad<acc_t>(gy, mask, k) * static_cast<acc_t>(v[k]); }, n);
-  }
-  return sum_run<acc_t>(
-      [=](int64_t k) { return static_cast<acc_t>(gy[k]) * static_cast<acc_t>(v[k]); }, n);
-}
-
-// y = out_act(x * s + r); y may be x (each value is read before it is written).
-template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
-inline void row_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, int64_t n, acc_t s) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) {
-    acc_t v = static_cast<acc_t>(x[k]) * s;
-    if constexpr (kRes) v += static_cast<acc_t>(r[k]);
-    if constexpr (kRelu) v = apply_relu(v);
-    y[k] = static_cast<scalar_t>(v);
-  }
-}
-
-// gx = g * s + dz, and gres = g when wanted.
-template <bool kRes, typename acc_t, typename scalar_t>
-inline void row_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
-                         int64_t n, acc_t s, acc_t dz) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) {
-    const acc_t g = masked_grad<acc_t>(gy, mask, k);
-    gx[k] = static_cast<scalar_t>(g * s + dz);
-    if constexpr (kRes) gres[k] = static_cast<scalar_t>(g);
-  }
-}
-
-#if defined(__AVX512F__)
+#if SE_CPU_SIMD_F32
 
 inline __mmask16 row_tail(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
@@ -115,14 +82,11 @@ inline float row_reduce(const Load& load, int64_t n) {
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-template <>
-inline float row_sum<float, float>(const float* x, int64_t n) {
+inline float row_sum_f32(const float* x, int64_t n) {
   return row_reduce([=](int64_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x + k); }, n);
 }
 
-template <>
-inline float row_grad_dot<float, float>(const float* gy, const float* mask, const float* v,
-                                        int64_t n) {
+inline float row_grad_dot_f32(const float* gy, const float* mask, const float* v, int64_t n) {
   if (mask) {
     return row_reduce(
         [=](int64_t k, __mmask16 m) {
@@ -166,26 +130,6 @@ inline void row_scale_f32(const float* x, const float* r, float* y, int64_t n, f
   }
 }
 
-template <>
-inline void row_scale<false, false, float, float>(const float* x, const float* r, float* y,
-                                                  int64_t n, float s) {
-  row_scale_f32<false, false>(x, r, y, n, s);
-}
-template <>
-inline void row_scale<true, false, float, float>(const float* x, const float* r, float* y,
-                                                 int64_t n, float s) {
-  row_scale_f32<true, false>(x, r, y, n, s);
-}
-template <>
-inline void row_scale<false, true, float, float>(const float* x, const float* r, float* y,
-                                                 int64_t n, float s) {
-  row_scale_f32<false, true>(x, r, y, n, s);
-}
-template <>
-inline void row_scale<true, true, float, float>(const float* x, const float* r, float* y,
-                                                int64_t n, float s) {
-  row_scale_f32<true, true>(x, r, y, n, s);
-}
 
 template <bool kRes>
 inline void row_grad_map_f32(const float* gy, const float* mask, float* gx, float* gres,
@@ -209,39 +153,24 @@ inline void row_grad_map_f32(const float* gy, const float* mask, float* gx, floa
   }
 }
 
-template <>
-inline void row_grad_map<false, float, float>(const float* gy, const float* mask, float* gx,
-                                              float* gres, int64_t n, float s, float dz) {
-  row_grad_map_f32<false>(gy, mask, gx, gres, n, s, dz);
-}
-template <>
-inline void row_grad_map<true, float, float>(const float* gy, const float* mask, float* gx,
-                                             float* gres, int64_t n, float s, float dz) {
-  row_grad_map_f32<true>(gy, mask, gx, gres, n, s, dz);
-}
 
-#endif  // __AVX512F__
 
-// ---- a group's scale pass with streaming (non-temporal) stores of y ----------
-
-template <typename scalar_t>
-inline bool can_stream(const scalar_t*, int64_t, int64_t, bool) {
-  return false;
-}
-template <bool kRes, bool kRelu, typename scalar_t, typename acc_t>
-inline void scale_stream(const scalar_t*, const scalar_t*, scalar_t*, const acc_t*, int64_t,
-                         int64_t, int64_t, int64_t, bool) {}
-
-#if defined(__AVX512F__)
 // y must be 64-byte aligned; NCHW rows at least a vector long (a vector then
 // spans at most two rows), channels_last pixels a whole number of vectors.
-template <>
-inline bool can_stream<float>(const float* y, int64_t C, int64_t HW, bool cl) {
+inline bool can_stream_f32(const float* y, int64_t C, int64_t HW, bool cl) {
   return (reinterpret_cast<uintptr_t>(y) & 63) == 0 && (cl ? C % 16 == 0 : HW >= 16);
 }
 
 // y = out_act(x * s + r) for samples [n0, n0 + g), written with streaming
 // stores: for outputs larger than the caches these skip reading y's old lines.
+// One value of the NCHW group outside the aligned vectors, rounded as scale_vec.
+template <bool kRes, bool kRelu>
+inline float scale_one(const float* x, const float* r, const float* s, int64_t f, int64_t HW) {
+  float v = kRes ? std::fma(x[f], s[f / HW], r[f]) : x[f] * s[f / HW];
+  if constexpr (kRelu) v = apply_relu(v);
+  return v;
+}
+
 template <bool kRes, bool kRelu>
 inline void scale_stream_f32(const float* x, const float* r, float* y, const float* s, int64_t n0,
                              int64_t g, int64_t C, int64_t HW, bool cl) {
@@ -264,10 +193,7 @@ inline void scale_stream_f32(const float* x, const float* r, float* y, const flo
   int64_t f = f0;
   const int64_t head = std::min(f1, (f0 + 15) / 16 * 16);
   for (; f < head; ++f) {
-    float v = x[f] * s[f / HW];
-    if constexpr (kRes) v += r[f];
-    if constexpr (kRelu) v = apply_relu(v);
-    y[f] = v;
+    y[f] = scale_one<kRes, kRelu>(x, r, s, f, HW);
   }
   int64_t row = f / HW, row_end = (row + 1) * HW;
   for (; f + 16 <= f1; f += 16) {
@@ -284,38 +210,99 @@ inline void scale_stream_f32(const float* x, const float* r, float* y, const flo
   }
   _mm_sfence();
   for (; f < f1; ++f) {
-    float v = x[f] * s[f / HW];
-    if constexpr (kRes) v += r[f];
-    if constexpr (kRelu) v = apply_relu(v);
-    y[f] = v;
+    y[f] = scale_one<kRes, kRelu>(x, r, s, f, HW);
   }
 }
 
-template <>
-inline void scale_stream<false, false, float, float>(const float* x, const float* r, float* y,
-                                                     const float* s, int64_t n0, int64_t g,
-                                                     int64_t C, int64_t HW, bool cl) {
-  scale_stream_f32<false, false>(x, r, y, s, n0, g, C, HW, cl);
+// The same arithmetic as scale_stream_f32, so a pixel's value does not depend on
+// which of the two wrote it.
+template <bool kRes, bool kRelu>
+inline void pix_scale_f32(const float* x, const float* r, float* y, const float* s, int64_t C) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16)
+    _mm512_storeu_ps(y + c, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_loadu_ps(s + c),
+                                                   __mmask16(0xFFFF)));
+  if (c < C) {
+    const __mmask16 m = row_tail(C - c);
+    _mm512_mask_storeu_ps(
+        y + c, m, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_maskz_loadu_ps(m, s + c), m));
+  }
 }
-template <>
-inline void scale_stream<true, false, float, float>(const float* x, const float* r, float* y,
-                                                    const float* s, int64_t n0, int64_t g,
-                                                    int64_t C, int64_t HW, bool cl) {
-  scale_stream_f32<true, false>(x, r, y, s, n0, g, C, HW, cl);
+#endif  // SE_CPU_SIMD_F32
+
+// ---- NCHW: one row of n = H * W values ----------------------------------------
+
+template <typename acc_t, typename scalar_t>
+inline acc_t row_sum(const scalar_t* x, int64_t n) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kF32<acc_t, scalar_t>) return row_sum_f32(x, n);
+#endif
+  return sum_run<acc_t>([=](int64_t k) { return static_cast<acc_t>(x[k]); }, n);
 }
-template <>
-inline void scale_stream<false, true, float, float>(const float* x, const float* r, float* y,
-                                                    const float* s, int64_t n0, int64_t g,
-                                                    int64_t C, int64_t HW, bool cl) {
-  scale_stream_f32<false, true>(x, r, y, s, n0, g, C, HW, cl);
+
+// sum_k g(k) * v(k), g the masked gradient.
+template <typename acc_t, typename scalar_t>
+inline acc_t row_grad_dot(const scalar_t* gy, const scalar_t* mask, const scalar_t* v, int64_t n) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kF32<acc_t, scalar_t>) return row_grad_dot_f32(gy, mask, v, n);
+#endif
+  if (mask) {
+    return sum_run<acc_t>(
+        [=](int64_t k) { return masked_grad<acc_t>(gy, mask, k) * static_cast<acc_t>(v[k]); }, n);
+  }
+  return sum_run<acc_t>(
+      [=](int64_t k) { return static_cast<acc_t>(gy[k]) * static_cast<acc_t>(v[k]); }, n);
 }
-template <>
-inline void scale_stream<true, true, float, float>(const float* x, const float* r, float* y,
-                                                   const float* s, int64_t n0, int64_t g,
-                                                   int64_t C, int64_t HW, bool cl) {
-  scale_stream_f32<true, true>(x, r, y, s, n0, g, C, HW, cl);
+
+// y = out_act(x * s + r); y may be x (each value is read before it is written).
+template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
+inline void row_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, int64_t n, acc_t s) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kF32<acc_t, scalar_t>) return row_scale_f32<kRes, kRelu>(x, r, y, n, s);
+#endif
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    acc_t v = static_cast<acc_t>(x[k]) * s;
+    if constexpr (kRes) v += static_cast<acc_t>(r[k]);
+    if constexpr (kRelu) v = apply_relu(v);
+    y[k] = static_cast<scalar_t>(v);
+  }
 }
-#endif  // __AVX512F__
+
+// gx = g * s + dz, and gres = g when wanted.
+template <bool kRes, typename acc_t, typename scalar_t>
+inline void row_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
+                         int64_t n, acc_t s, acc_t dz) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kF32<acc_t, scalar_t>) return row_grad_map_f32<kRes>(gy, mask, gx, gres, n, s, dz);
+#endif
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    const acc_t g = masked_grad<acc_t>(gy, mask, k);
+    gx[k] = static_cast<scalar_t>(g * s + dz);
+    if constexpr (kRes) gres[k] = static_cast<scalar_t>(g);
+  }
+}
+
+// ---- a group's scale pass with streaming (non-temporal) stores of y ----------
+
+// Whether scale_stream can write y (the fp32 AVX-512 kernel only).
+template <typename scalar_t>
+inline bool can_stream(const scalar_t* y, int64_t C, int64_t HW, bool cl) {
+#if SE_CPU_SIMD_F32
+  if constexpr (std::is_same_v<scalar_t, float>) return can_stream_f32(y, C, HW, cl);
+#endif
+  return false;
+}
+
+template <bool kRes, bool kRelu, typename scalar_t, typename acc_t>
+inline void scale_stream(const scalar_t* x, const scalar_t* r, scalar_t* y, const acc_t* s,
+                         int64_t n0, int64_t g, int64_t C, int64_t HW, bool cl) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kF32<acc_t, scalar_t>) return scale_stream_f32<kRes, kRelu>(x, r, y, s, n0, g, C, HW, cl);
+#endif
+  TORCH_INTERNAL_ASSERT(false, "scale_stream without can_stream");
+}
 
 // ---- channels_last: one pixel's C values ---------------------------------------
 
@@ -345,6 +332,9 @@ inline void pix_grad_accumulate(const scalar_t* gy, const scalar_t* mask, const 
 template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
 inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const acc_t* s,
                       int64_t C) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kF32<acc_t, scalar_t>) return pix_scale_f32<kRes, kRelu>(x, r, y, s, C);
+#endif
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
     acc_t v = static_cast<acc_t>(x[c]) * s[c];
@@ -354,42 +344,6 @@ inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const a
   }
 }
 
-#if defined(__AVX512F__)
-// The same arithmetic as scale_stream_f32, so a pixel's value does not depend on
-// which of the two wrote it.
-template <bool kRes, bool kRelu>
-inline void pix_scale_f32(const float* x, const float* r, float* y, const float* s, int64_t C) {
-  int64_t c = 0;
-  for (; c + 16 <= C; c += 16)
-    _mm512_storeu_ps(y + c, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_loadu_ps(s + c),
-                                                   __mmask16(0xFFFF)));
-  if (c < C) {
-    const __mmask16 m = row_tail(C - c);
-    _mm512_mask_storeu_ps(
-        y + c, m, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_maskz_loadu_ps(m, s + c), m));
-  }
-}
-template <>
-inline void pix_scale<false, false, float, float>(const float* x, const float* r, float* y,
-                                                  const float* s, int64_t C) {
-  pix_scale_f32<false, false>(x, r, y, s, C);
-}
-template <>
-inline void pix_scale<true, false, float, float>(const float* x, const float* r, float* y,
-                                                 const float* s, int64_t C) {
-  pix_scale_f32<true, false>(x, r, y, s, C);
-}
-template <>
-inline void pix_scale<false, true, float, float>(const float* x, const float* r, float* y,
-                                                 const float* s, int64_t C) {
-  pix_scale_f32<false, true>(x, r, y, s, C);
-}
-template <>
-inline void pix_scale<true, true, float, float>(const float* x, const float* r, float* y,
-                                                const float* s, int64_t C) {
-  pix_scale_f32<true, true>(x, r, y, s, C);
-}
-#endif  // __AVX512F__
 
 template <bool kRes, typename acc_t, typename scalar_t>
 inline void pix_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
