@@ -39,7 +39,10 @@ def want_cuda():
 def cpu_flags():
     # Python's CFLAGS bring -fwrapv, which stops gcc from seeing unit-stride
     # accesses in the kernels (it emits gathers); the C++ standard is torch's.
-    flags = ["-O3", "-fno-wrapv", "-fopenmp"]
+    # -ffp-contract=off: whether gcc fuses a multiply and an add into one FMA
+    # depends on the inlining context, so the same expression could round
+    # differently in two schedules of one kernel; the kernels write their FMAs out.
+    flags = ["-O3", "-fno-wrapv", "-fopenmp", "-ffp-contract=off"]
     # The kernels are memory-bound loops the compiler vectorises; let it use the
     # host's vector width. SE_FUSED_MARCH="" turns this off (e.g. for a portable build).
     march = os.environ.get("SE_FUSED_MARCH", "native")

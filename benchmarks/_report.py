@@ -108,7 +108,7 @@ MODEL_COLUMNS = [
 TARGET_COLUMNS = [
     ("target", lambda t: t["what"]),
     ("layout", lambda t: t["layout"]),
-    ("value", lambda t: DASH if t["value"] is None else f"{t['value']:.2f}"),
+    ("value", lambda t: DASH if t["value"] is None else t.get("display") or f"{t['value']:.2f}"),
     ("goal", lambda t: f"{t['op']} {t['goal']}"),
     ("met", lambda t: DASH if t["met"] is None else ("yes" if t["met"] else "**no**")),
 ]
@@ -147,7 +147,9 @@ def markdown(result: dict, images: Sequence[str] = ()) -> str:
     if result.get("errors"):
         lines += ["", "Errors:", *[f"- {e}" for e in result["errors"]]]
     if result.get("targets"):
-        lines += ["", "### Targets (CPU, float32)", "", table(TARGET_COLUMNS, result["targets"])]
+        lines += ["", "### Targets (CPU)", "", table(TARGET_COLUMNS, result["targets"])]
+    if result.get("target_misses"):
+        lines += ["", "Cases that miss a target:", *[f"- {m}" for m in result["target_misses"]]]
     if result["cases"]:
         lines += ["", "### SE op", "", table(case_columns(cuda), result["cases"])]
     if result.get("models"):

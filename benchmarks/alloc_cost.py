@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Timer
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's se_fused
 import se_fused  # noqa: E402
 from se_fused import reference  # noqa: E402
 

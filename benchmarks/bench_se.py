@@ -24,6 +24,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: E402
@@ -31,8 +32,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.append(str(HERE.parent))  # run from a checkout without an installed se_fused
+# This checkout's se_fused first, before any installed one (make's .pth file may
+# point at another checkout): the results must be those of the csrc/ they record.
+sys.path.insert(0, str(HERE.parent))
 
 import _env  # noqa: E402
 import _report  # noqa: E402
@@ -52,6 +54,12 @@ TARGET_CASES = (("SE-ResNet-50 s1", TRAIN, "all"), ("SE-ResNet-50 s4", 1, "prima
 # --quick also times these in the primary format, without torch.compile, at batch 1 on
 # the CPU and at batch 1 and the training batch on a GPU.
 QUICK_EXTRA = ("EfficientNet-B0 s2.1", "MobileNetV3-Large b5-6", "RegNetY-800MF s3.1")
+# ... and, with torch.compile, the deep stages at the training batch, one or more per
+# network family (7x7 and 14x14: short rows, weights as large as a sample), and a
+# ResNet block with its residual epilogue: (name, residual).
+QUICK_DEEP = (("SE-ResNet-50 s3", False), ("SE-ResNet-50 s4", False), ("SE-ResNet-50 s4", True),
+              ("EfficientNet-B0 s6.1", False), ("MobileNetV3-Large b14-15", False),
+              ("RegNetY-800MF s3.1", False))
 
 
 def formats(device_type: str) -> List[Tuple[torch.dtype, str]]:
@@ -79,6 +87,7 @@ class Case:
     layout: str
     residual: bool = False
     compile_backends: Tuple[str, ...] = ()
+    passes: Tuple[str, ...] = PASSES
 
     @property
     def x_shape(self) -> Tuple[int, int, int, int]:
@@ -90,8 +99,9 @@ class Case:
 
     @property
     def label(self) -> str:
+        only = "" if self.passes == PASSES else f" ({', '.join(self.passes)} only)"
         return (f"{self.shape.name}{' +res' if self.residual else ''} "
-                f"{'x'.join(map(str, self.x_shape))} {DTYPE_NAMES[self.dtype]} {self.layout}")
+                f"{'x'.join(map(str, self.x_shape))} {DTYPE_NAMES[self.dtype]} {self.layout}{only}")
 
     def floor_bytes(self, pass_: str) -> int:
         """Forward reads x, writes y; backward reads x and dy, writes dx; a residual adds
@@ -128,9 +138,9 @@ def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto") 
     batches = {1: 1, TRAIN: train_batch}
     cases = []
 
-    def add(shape, networks, batch_key, fmt, residual=False, is_target=False):
+    def add(shape, networks, batch_key, fmt, residual=False, is_target=False, passes=PASSES):
         comp = compile_backends(device_type, fmt[0], is_target, quick, policy)
-        cases.append(Case(shape, tuple(networks), batches[batch_key], *fmt, residual, comp))
+        cases.append(Case(shape, tuple(networks), batches[batch_key], *fmt, residual, comp, passes))
 
     def target(shape, batch_key, fmt) -> bool:
         return any(shape.name == name and batch_key == b and (which == "all" or fmt == primary)
@@ -138,7 +148,8 @@ def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto") 
 
     unique = shapes.unique_shapes()
     known = {shape.name for shape, _ in unique}
-    missing = {name for name, _, _ in TARGET_CASES}.union(QUICK_EXTRA) - known
+    missing = ({name for name, _, _ in TARGET_CASES}.union(QUICK_EXTRA)
+               .union(name for name, _ in QUICK_DEEP) - known)
     assert not missing, f"not in shapes.unique_shapes(): {sorted(missing)}"
     primary = primary_format(device_type)
     if quick:
@@ -151,6 +162,9 @@ def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto") 
             if shape.name in QUICK_EXTRA:
                 for batch_key in ((1, TRAIN) if device_type == "cuda" else (1,)):
                     add(shape, networks, batch_key, primary)
+        by_name = {shape.name: (shape, networks) for shape, networks in unique}
+        for name, residual in QUICK_DEEP:
+            add(*by_name[name], TRAIN, primary, residual=residual, is_target=True)
         return cases
     for shape, networks in unique:
         for batch_key in batches:
@@ -161,6 +175,11 @@ def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto") 
         if shape.residual:
             for fmt in fmts:
                 add(shape, networks, TRAIN, fmt, residual=True, is_target=False)
+    if device_type == "cpu":
+        # bf16 inference on the CPU: the same cases, forward only, against eager.
+        for c in list(cases):
+            cases.append(dataclasses.replace(c, dtype=torch.bfloat16, compile_backends=(),
+                                             passes=("forward",)))
     return cases
 
 
@@ -250,26 +269,49 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
-def time_passes(op, case: Case, inputs: Inputs, timer):
-    """{pass: ms or None}, seconds spent in first calls (compilation, for torch.compile),
-    and the error that stopped this backend, if one did."""
+def build_passes(op, case: Case, inputs: Inputs, timer):
+    """{pass: callable}, each built and called once (that call compiles, for torch.compile),
+    the seconds those first calls took, and the error that stopped this backend, if one did."""
     call = bind(op, case, inputs.weights)
-    times: Dict[str, Optional[float]] = dict.fromkeys(PASSES)
+    fns: Dict[str, object] = {}
     first_s = 0.0
-    for pass_ in PASSES:
+    for pass_ in case.passes:
         try:
             t0 = time.perf_counter()
             fn = PASS_BUILDERS[pass_](call, inputs)  # the backward's builds its graphs
             fn()
             timer.sync()
             first_s += time.perf_counter() - t0
-            times[pass_] = timer(fn)
-            del fn
+            fns[pass_] = fn
         except Exception as err:  # recorded in the result; the other backends still run
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            return times, first_s, f"{pass_}: {describe_error(err)}"
-    return times, first_s, None
+            return fns, first_s, f"{pass_}: {describe_error(err)}"
+    return fns, first_s, None
+
+
+def time_rounds(fns: Dict[Tuple[str, str], object], timer, rounds: int):
+    """ms per (backend, pass): the median of `rounds` measurements taken in turn, each
+    given 1/rounds of the timer's run time, so that a burst of load from another
+    process lands on one measurement of one callable, not on all of one backend.
+    Also the error that stopped a backend, if one did."""
+    samples: Dict[Tuple[str, str], List[float]] = {key: [] for key in fns}
+    errors: Dict[str, str] = {}
+    budget = getattr(timer, "min_run_time", None)
+    for _ in range(rounds):
+        for (backend, pass_), fn in fns.items():
+            if backend in errors:
+                continue
+            try:
+                if budget is not None and rounds > 1:
+                    samples[(backend, pass_)].append(timer(fn, budget / rounds))
+                else:
+                    samples[(backend, pass_)].append(timer(fn))
+            except Exception as err:
+                errors[backend] = f"{pass_}: {describe_error(err)}"
+    times = {key: statistics.median(v) for key, v in samples.items()
+             if v and key[0] not in errors}
+    return times, errors
 
 
 def fused_rel_error(case: Case, inputs: Inputs) -> float:
@@ -285,26 +327,46 @@ def fused_rel_error(case: Case, inputs: Inputs) -> float:
 REL_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
 
-def run_case(case: Case, device: torch.device, timer, copy_gbps: float, rotate: bool) -> List[dict]:
+def run_case(case: Case, device: torch.device, timer, copy_gbps: float, rotate: bool,
+             rounds: int) -> List[dict]:
+    """On the CPU every backend's passes are built first and then timed in turn, `rounds`
+    times; on a GPU one backend at a time (its graphs freed before the next is built)."""
     inputs = make_inputs(case, device, rotate)
     try:
         rel_err = fused_rel_error(case, inputs)
     except Exception:  # the timing below records the same failure
         rel_err = None
-    copy_ms = timer(_timing.cycle(lambda s: s.x.clone(), inputs.sets))
-    times, errors, compile_s = {}, {}, {}
+    clone = _timing.cycle(lambda s: s.x.clone(), inputs.sets)
+    times: Dict[str, Dict[str, Optional[float]]] = {}
+    errors, compile_s = {}, {}
+    pending: Dict[Tuple[str, str], object] = {("copy", "copy"): clone}
     for name, op in backends(case):
-        times[name], first_s, err = time_passes(op, case, inputs, timer)
+        fns, first_s, err = build_passes(op, case, inputs, timer)
         if name in COMPILE_MODES:
             compile_s[name] = round(first_s, 2)
         if err:
             errors[name] = err
+        pending.update(((name, p), fn) for p, fn in fns.items())
+        if device.type == "cuda":
+            measured, errs = time_rounds(pending, timer, 1)
+            _collect(times, measured, errors, errs)
+            pending.clear()
+    measured, errs = time_rounds(pending, timer, rounds)
+    _collect(times, measured, errors, errs)
+    copy_ms = times.pop("copy", {}).get("copy")
     if rel_err is not None and not rel_err <= REL_TOLERANCE[case.dtype]:
         errors["fused"] = (errors.get("fused", "") + f" output differs from the reference: max "
                            f"relative error {rel_err:.1e} > {REL_TOLERANCE[case.dtype]:.0e}").strip()
     extra = {"copy_ms": copy_ms, "rotated_sets": len(inputs.sets), "compile_s": compile_s or None,
              "fused_rel_err": rel_err, "errors": errors or None}
-    return [make_row(case, p, times, copy_gbps, extra) for p in PASSES]
+    return [make_row(case, p, times, copy_gbps, extra) for p in case.passes]
+
+
+def _collect(times, measured, errors, new_errors) -> None:
+    for (backend, pass_), ms in measured.items():
+        times.setdefault(backend, {})[pass_] = ms
+    for backend, err in new_errors.items():
+        errors.setdefault(backend, err)
 
 
 def _div(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -388,6 +450,64 @@ def check_targets(cases: List[dict]) -> List[dict]:
     return out
 
 
+def _geomean(values: List[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _row_name(c: dict) -> str:
+    return (f"{_report.case_label(c)} {c['N']}×{c['C']}×{c['H']}×{c['W']} {c['dtype']} "
+            f"{c['layout']} {c['pass']}")
+
+
+def check_run_targets(cases: List[dict], train_batch: int) -> Tuple[List[dict], List[str]]:
+    """The targets over every case of the run (CPU): rows for the targets table, and one
+    line per case that misses one."""
+    fp32 = [c for c in cases if c["dtype"] == "float32"]
+    rows: List[dict] = []
+    misses: List[str] = []
+
+    def add(what, value, op, goal, count=None, display=None):
+        met = None if value is None else (value <= goal if op == "<=" else value >= goal)
+        rows.append({"what": what, "layout": "all", "key": None, "value": value, "op": op,
+                     "goal": goal, "met": met, "display": display})
+
+    compared = [c for c in fp32 if c.get("speedup_eager") is not None]
+    slower = [c for c in compared
+              if any(c.get(f"speedup_{b}") is not None and c[f"speedup_{b}"] < 1.0
+                     for b in ("eager", "compile"))]
+    n_compile = sum(c.get("speedup_compile") is not None for c in compared)
+    add(f"float32, every case and pass ({len(compared)}, {n_compile} with compile): "
+        "slower than eager or compile", len(slower) if compared else None, "<=", 0,
+        display=("none" if not slower else f"{len(slower)} rows") if compared else None)
+    for c in slower:
+        misses.append(f"slower: {_row_name(c)}: fused {_report.ms(c['fused_ms'])} ms, eager "
+                      f"{_report.ms(c['eager_ms'])}, compile {_report.ms(c.get('compile_ms'))}")
+    for pass_, goal in (("forward", 1.5), ("fwd+bwd", 2.0)):
+        v = [c["speedup_eager"] for c in compared if c["pass"] == pass_]
+        add(f"float32 {pass_}: geomean speedup vs eager ({len(v)} cases)",
+            _geomean(v) if v else None, ">=", goal)
+    short = [c for c in fp32 if c["pass"] == "forward" and c["N"] == train_batch
+             and (c["H"], c["W"]) in ((7, 7), (14, 14)) and c.get("fused_over_copy")]
+    add(f"float32 forward, 7×7 and 14×14, N = {train_batch}: worst fused / x.clone() "
+        f"({len(short)} cases)", max((c["fused_over_copy"] for c in short), default=None),
+        "<=", 2.0)
+    for c in short:
+        if c["fused_over_copy"] > 2.0:
+            misses.append(f"forward > 2× clone: {_row_name(c)}: {c['fused_over_copy']:.2f}× "
+                          f"(fused {_report.ms(c['fused_ms'])} ms, clone {_report.ms(c['copy_ms'])})")
+    bf16 = [c for c in cases if c["dtype"] == "bfloat16" and c["pass"] == "forward"
+            and c.get("speedup_eager") is not None]
+    if bf16:
+        add(f"bfloat16 forward: slowest speedup vs eager ({len(bf16)} cases; geomean "
+            f"{_geomean([c['speedup_eager'] for c in bf16]):.2f}×)",
+            min(c["speedup_eager"] for c in bf16), ">=", 1.0)
+        for c in bf16:
+            if c["speedup_eager"] < 1.0:
+                misses.append(f"bf16 slower than eager: {_row_name(c)}: fused "
+                              f"{_report.ms(c['fused_ms'])} ms, eager {_report.ms(c['eager_ms'])}")
+    return rows, misses
+
+
 # --- main
 
 
@@ -407,7 +527,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, help="training batch (default: 32 CPU, 128/256 GPU)")
     p.add_argument("--model-batch", type=int, help="batch of the model-level runs")
     p.add_argument("--filter", help="only cases whose label matches this regex")
-    p.add_argument("--min-run-time", type=float, help="CPU seconds per measurement")
+    p.add_argument("--min-run-time", type=float,
+                   help="CPU seconds per (backend, pass), split over --rounds")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="CPU: time each (backend, pass) this many times in turn, report the "
+                        "median (default 3)")
     p.add_argument("--models", help="comma-separated models to run (default: by --quick/--full)")
     p.add_argument("--no-models", action="store_true", help="skip the model-level benchmark")
     p.add_argument("--no-rotate", action="store_true",
@@ -437,7 +561,7 @@ def print_plan(cases: Sequence[Case], device, quick, args, train_batch) -> None:
     if not args.no_models:
         names, modes, batch = model_plan(device, quick, args.model_batch, train_batch, args.models)
         print(f"models: {', '.join(names)}; {', '.join(modes)}; batch {batch}")
-    print(f"{len(cases)} cases x {len(PASSES)} passes on {device}")
+    print(f"{len(cases)} cases, {sum(len(c.passes) for c in cases)} (case, pass) pairs on {device}")
 
 
 def not_run_notes(device, cases, result, args) -> List[str]:
@@ -488,7 +612,8 @@ def main(argv=None) -> int:
     rows = []
     for case in (bar := tqdm(cases, desc="SE cases", unit="case", file=sys.stderr)):
         bar.set_postfix_str(case.label)
-        rows += run_case(case, device, timer, copy_gbps, rotate=not args.no_rotate)
+        rows += run_case(case, device, timer, copy_gbps, rotate=not args.no_rotate,
+                         rounds=args.rounds)
     models_rows, model_errors = ([], []) if args.no_models else run_models(
         device, args, train_batch, timer,
         lambda it, desc: tqdm(it, desc=desc, file=sys.stderr))
@@ -517,15 +642,28 @@ def assemble(env, device, args, argv, timer, copy_bytes, copy_gbps, train_batch,
         "train_batch": train_batch,
         "cases": rows,
         "targets": check_targets(rows) if device.type == "cpu" else [],
+        "target_misses": [],
         "models": models_rows,
         "errors": [f"{r['name']} N={r['N']} {r['dtype']} {r['layout']}: {b}: {e}"
                    for r in rows if r["pass"] == PASSES[0] for b, e in (r["errors"] or {}).items()]
                   + model_errors,
         "load_after": _env.load_average(),
     }
+    if device.type == "cpu":
+        run_rows, result["target_misses"] = check_run_targets(rows, train_batch)
+        result["targets"] += run_rows
     result["not_run"] = not_run_notes(device, cases, result, args)
     busy = _env.busy_warning(result["load_before"], result["load_after"])
     result["warnings"] = [busy] if busy and device.type == "cpu" else []
+    if Path(se_fused.__file__).resolve().parent.parent != HERE.parent:
+        result["warnings"].append(f"se_fused came from {result['se_fused']}, not from this "
+                                  "checkout, whose csrc/ the commit and hash above describe")
+    if hasattr(timer, "load_summary"):
+        result["timer_load"] = load = timer.load_summary()
+        if load["contended"]:
+            result["warnings"].append(
+                f"{load['contended']} of {load['measurements']} measurements had other "
+                f"processes using the CPU even after {timer.retries} retries")
     result["wall_s"] = round(time.perf_counter() - _T0, 1)  # plots and files not included
     return result
 

@@ -1,13 +1,26 @@
 // Fused SE forward and backward on the CPU.
 //
-// The batch is processed in groups of samples small enough to stay in the
-// last-level cache: each group is squeezed (one read of x from memory), its
-// small layers run once for the whole group (the weights are read once per
-// group, not once per sample), and then it is scaled while it is still in cache.
-// The backward is fused the same way. Both layouts are handled natively:
-// NCHW reduces along contiguous H*W rows, channels_last along contiguous C
-// vectors with per-chunk partial sums. Every summation order is fixed by the
-// shape alone, so results do not depend on the number of threads.
+// Three steps per group of samples: a streaming pass that sums each (sample,
+// channel) over H*W (the squeeze; in the backward, sum_hw g * x), the small
+// layers for the whole group as matrix products (se_cpu_gemm.h: the weights are
+// read once per group, not once per sample), and a second streaming pass that
+// writes y (grad_x) while the group is still in cache. The streaming passes
+// work on contiguous runs (se_cpu_rows.h): H*W rows in NCHW, C-vectors of one
+// pixel in channels_last.
+//
+// With at least two samples per thread, each thread takes a contiguous share of
+// the batch and runs all three steps on its own groups: one parallel region per
+// call, no barrier, each group re-read from that core's caches, and one thread's
+// streaming overlaps the other's matrix products. Smaller batches split each
+// step over the threads instead (rows, pixel chunks, outputs of the layers).
+//
+// Every sum has an order fixed by the shape alone (a row, a pixel chunk, one
+// output of a matrix product), so both schedules, any thread count and any
+// group size give the same bits.
+// gcc 12 reports the self-initialised "undefined" vectors inside its own AVX-512
+// intrinsics (_mm512_reduce_add_ps, _mm512_max_ps) as uninitialised.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -17,25 +30,69 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/se_cpu_gemm.h"
+#include "cpu/se_cpu_rows.h"
 #include "se_common.h"
 
 namespace se_fused {
 namespace {
 
-// Bytes of x (plus the tensors read beside it) a group may span: well inside the
-// last-level cache, so the second pass over the group reads from cache.
-constexpr int64_t kGroupBytes = int64_t(6) << 20;
-// Elements a parallel task should at least cover to amortise scheduling.
+using cpu::gemm_nn;
+using cpu::gemm_nt;
+
+// Samples per group when each thread runs its own groups. A group is read twice
+// (squeeze, then scale), and only a core's private L2 keeps it reliably between
+// the two reads on this VM (the shared L3 gave no measurable gain); the small
+// layers read all the weights once per group. So a group spans about as many
+// bytes as the weights: one sample when the weights are smaller than a sample,
+// more as they grow (measured on the deep stages in benchmarks/NOTES.md).
+// n: the samples of one thread; its groups are made equal in size.
+int64_t thread_group_size(int64_t sample_bytes, int64_t weight_bytes, int64_t n) {
+  n = std::max<int64_t>(1, n);
+  const int64_t want = std::clamp<int64_t>(
+      (weight_bytes + sample_bytes - 1) / std::max<int64_t>(1, sample_bytes), 1, n);
+  const int64_t groups = (n + want - 1) / want;
+  return (n + groups - 1) / groups;
+}
+// Outputs in [kStreamBytes, kFreshBytes) are written with streaming stores: they
+// do not stay in the caches anyway, and streaming skips reading their old lines
+// (SE-ResNet-50 s3 at N = 32, 25 MiB, NCHW: forward 1.94 -> 1.58 ms). From 32 MiB
+// on, glibc maps every such allocation afresh, the kernel zeroes each new page
+// through the cache, and streaming stores then only add a write (s1, 98 MiB:
+// 30.9 -> 32.5 ms).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+constexpr int64_t kFreshBytes = int64_t(32) << 20;
+// The same for a group split over all threads (small batches).
+constexpr int64_t kSharedGroupBytes = int64_t(6) << 20;
+// Elements (or multiply-adds) a parallel task should at least cover to amortise
+// scheduling.
 constexpr int64_t kTaskElements = 16384;
 
-int64_t grain_for(int64_t elements_per_item) {
-  return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, elements_per_item));
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, work_per_item));
 }
 
-// Number of pixel chunks per sample for channels_last reductions; depends on
-// the shape only (never on the thread count) so the summation order is fixed.
+// Pixel chunks per sample for channels_last sums; depends on the shape only
+// (never on the thread count) so the summation order is fixed.
 int64_t pixel_chunks(int64_t hw, int64_t c) {
   return std::clamp<int64_t>(hw * c / kTaskElements, 1, std::min<int64_t>(hw, 64));
+}
+
+// Samples per group; whole samples, at least one.
+int64_t group_size(int64_t budget, int64_t sample_bytes, int64_t n) {
+  return std::clamp<int64_t>(budget / std::max<int64_t>(1, sample_bytes), 1, std::max<int64_t>(1, n));
+}
+
+// Each thread takes whole samples when it gets at least two and the batch
+// divides evenly enough that no thread waits long for another.
+bool per_thread_schedule(int64_t N) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && !at::in_parallel_region() && N >= 2 * threads;
+}
+
+int64_t thread_share(int64_t N) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  return (N + threads - 1) / threads;
 }
 
 template <typename F>
@@ -47,73 +104,58 @@ void bool_switch(bool flag, const F& f) {
   }
 }
 
-// ---- traversal of one group of samples (the two layouts live only here) ------
+// Intermediates (the small layers' vectors, pixel-chunk sums: at most a few MiB)
+// live in buffers of the calling thread kept across calls, one per use (kSlot),
+// so that a call allocates nothing beyond its outputs: a fresh buffer of more
+// than 128 KiB is mmap'ed and page-faulted by glibc on every call, and its
+// release moves glibc's thresholds, which decides whether y's own memory is
+// reused or faulted in again (measured: 0.39 vs 0.58 ms at EfficientNet-B0 s6.1).
+enum Slot { kCallSlot = 0, kTaskSlot = 1, kChunkSlot = 2, kSlots = 3 };
 
-// Calls f(off, nc) for every element of a group of g samples: off is the
-// element's offset from the group's first element, nc = n * C + c its
-// (sample, channel) index within the group. The contiguous dimension is innermost.
-template <typename F>
-void for_each_element(const SEArgs& a, int64_t g, const F& f) {
-  const int64_t C = a.C, HW = a.hw();
-  if (!a.channels_last) {
-    at::parallel_for(0, g * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        const int64_t base = row * HW;
+template <typename T>
+T* scratch(Slot slot, int64_t n) {
+  thread_local std::vector<T> buffers[kSlots];
+  std::vector<T>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+template <typename acc_t>
+struct Params {
+  const acc_t* w1;  // (R, C)
+  const acc_t* b1;  // (R,) or nullptr
+  const acc_t* w2;  // (C, R)
+  const acc_t* b2;  // (C,) or nullptr
+};
+
+// ---- channels_last sums over a sample's pixels ---------------------------------
+
+// out[c] = sum over the pixels of sample n of v(pixel_offset)[c] via `add(pixel, part)`,
+// summed chunk by chunk: each chunk from zero in pixel order, the chunks in order.
+// One thread; split_pixel_sums below gives the same bits with the chunks in parallel.
+template <typename acc_t, typename Add>
+void pixel_sums_serial(int64_t HW, int64_t C, int64_t P, const Add& add, acc_t* part,
+                       acc_t* out) {
+  std::fill(out, out + C, acc_t(0));
+  for (int64_t p = 0; p < P; ++p) {
+    std::fill(part, part + C, acc_t(0));
+    for (int64_t pix = HW * p / P; pix < HW * (p + 1) / P; ++pix) add(pix, part);
 #pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) f(base + i, row);
-      }
-    });
-  } else {
-    at::parallel_for(0, g * HW, grain_for(C), [&](int64_t p0, int64_t p1) {
-      for (int64_t pix = p0; pix < p1; ++pix) {
-        const int64_t base = pix * C, nc0 = (pix / HW) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) f(base + c, nc0 + c);
-      }
-    });
+    for (int64_t c = 0; c < C; ++c) out[c] += part[c];
   }
 }
 
-// sum of v(off) for off in [base, base + n). Independent partial sums that gcc
-// turns into one vector register; `omp simd reduction` made it emit gathers here.
-template <typename acc_t, typename V>
-inline acc_t sum_run(const V& v, int64_t base, int64_t n) {
-  constexpr int kLanes = 32 / sizeof(acc_t) * 2;
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) part[k] += v(base + i + k);
-  }
-  acc_t s = 0;
-  for (; i < n; ++i) s += v(base + i);
-  for (int k = 0; k < kLanes; ++k) s += part[k];
-  return s;
-}
-
-// out[nc] = sum over H*W of v(off), for every (sample, channel) of a group.
-template <typename acc_t, typename V>
-void sum_over_hw(const SEArgs& a, int64_t g, const V& v, acc_t* out,
-                 std::vector<acc_t>& partial) {
-  const int64_t C = a.C, HW = a.hw();
-  if (!a.channels_last) {
-    at::parallel_for(0, g * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        out[row] = sum_run<acc_t>(v, row * HW, HW);
-      }
-    });
-    return;
-  }
-  const int64_t P = pixel_chunks(HW, C);
-  partial.assign(static_cast<size_t>(g * P * C), acc_t(0));
+// The same sums for g samples (add(n, pixel, part)), chunks spread over threads.
+template <typename acc_t, typename Add>
+void pixel_sums_split(int64_t g, int64_t HW, int64_t C, int64_t P, const Add& add,
+                      acc_t* out) {
+  acc_t* partial = scratch<acc_t>(kChunkSlot, g * P * C);
+  std::fill(partial, partial + g * P * C, acc_t(0));
   at::parallel_for(0, g * P, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / P, p = t % P;
-      acc_t* acc = partial.data() + t * C;
-      for (int64_t pix = HW * p / P; pix < HW * (p + 1) / P; ++pix) {
-        const int64_t base = (n * HW + pix) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) acc[c] += v(base + c);
-      }
+      acc_t* part = partial + t * C;
+      for (int64_t pix = HW * p / P; pix < HW * (p + 1) / P; ++pix) add(n, pix, part);
     }
   });
   at::parallel_for(0, g * C, grain_for(P), [&](int64_t i0, int64_t i1) {
@@ -126,108 +168,14 @@ void sum_over_hw(const SEArgs& a, int64_t g, const V& v, acc_t* out,
   });
 }
 
-// ---- the small layers ----------------------------------------------------
+// Multiply-adds a parallel task of the small layers should at least have: below
+// that a fork and join (and the second core reading the weights too) costs more
+// than it saves (one sample of SE-ResNet-50 s4, 2 x 262144, runs on one core).
+constexpr int64_t kLayerTaskMacs = int64_t(1) << 18;
 
-template <typename acc_t>
-struct Params {
-  const acc_t* w1;  // (R, C)
-  const acc_t* b1;  // (R,) or nullptr
-  const acc_t* w2;  // (C, R)
-  const acc_t* b2;  // (C,) or nullptr
-};
-
-// out[n, m] = b[m] + sum_k in[n, k] * w[m, k]   (w is M x K, row-major)
-template <typename acc_t>
-void linear(const acc_t* in, int64_t g, int64_t K, const acc_t* w, const acc_t* b, int64_t M,
-            acc_t* out) {
-  at::parallel_for(0, M, grain_for(g * K), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const acc_t* wm = w + m * K;
-      for (int64_t n = 0; n < g; ++n) {
-        const acc_t* xn = in + n * K;
-        const acc_t s = sum_run<acc_t>([=](int64_t k) { return xn[k] * wm[k]; }, 0, K);
-        out[n * M + m] = s + (b ? b[m] : acc_t(0));
-      }
-    }
-  });
-}
-
-// out[n, :] = sum_k in[n, k] * w[k, :]   (w is K x M, row-major): the transposed product.
-template <typename acc_t>
-void linear_transposed(const acc_t* in, int64_t g, int64_t K, const acc_t* w, int64_t M,
-                       acc_t* out) {
-  at::parallel_for(0, g, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      acc_t* o = out + n * M;
-      std::fill(o, o + M, acc_t(0));
-      for (int64_t k = 0; k < K; ++k) {
-        const acc_t coef = in[n * K + k];
-        const acc_t* wk = w + k * M;
-#pragma omp simd
-        for (int64_t m = 0; m < M; ++m) o[m] += coef * wk[m];
-      }
-    }
-  });
-}
-
-// out[m, :] = sum_n a[n, m] * b[n, :] (a: N x M, b: N x K), bias[m] = sum_n a[n, m];
-// summed over the batch in order, so weight gradients are deterministic.
-template <typename acc_t>
-void batch_outer_sum(const acc_t* a, const acc_t* b, int64_t N, int64_t M, int64_t K,
-                     acc_t* out, acc_t* bias) {
-  at::parallel_for(0, M, grain_for(N * K), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      acc_t* o = out + m * K;
-      std::fill(o, o + K, acc_t(0));
-      acc_t bs = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const acc_t coef = a[n * M + m];
-        const acc_t* bn = b + n * K;
-        bs += coef;
-#pragma omp simd
-        for (int64_t k = 0; k < K; ++k) o[k] += coef * bn[k];
-      }
-      bias[m] = bs;
-    }
-  });
-}
-
-// The forward of the small layers for g samples: a1, h (g x R), a2, s (g x C).
-template <typename acc_t>
-void excite(const SEArgs& a, const Params<acc_t>& p, const acc_t* z, int64_t g, acc_t* a1,
-            acc_t* h, acc_t* a2, acc_t* s) {
-  linear(z, g, a.C, p.w1, p.b1, a.R, a1);
-  for (int64_t i = 0; i < g * a.R; ++i) h[i] = act_forward(a.act, a1[i]);
-  linear(h, g, a.R, p.w2, p.b2, a.C, a2);
-  for (int64_t i = 0; i < g * a.C; ++i) s[i] = gate_forward(a.gate, a2[i]);
-}
-
-// ---- scheduling over the batch ---------------------------------------------
-
-// Runs body(n0, g) on consecutive groups of g samples covering the batch.
-// With at least two samples per thread and samples much larger than the
-// weights, each thread takes whole samples (body's inner at::parallel_for loops
-// then run inline): one thread's squeeze overlaps another's scale, with no
-// barrier between them, and each sample is re-read from that core's cache.
-// Otherwise groups that fit in cache are spread over all threads, one after
-// the other, and the weights are read once per group. Both orders compute
-// exactly the same sums, so the results do not depend on the choice.
-template <typename F>
-void for_each_group(int64_t N, int64_t sample_bytes, int64_t weight_bytes, const F& body) {
-  const int64_t threads = at::get_num_threads();
-  if (threads > 1 && N >= 2 * threads && sample_bytes >= 4 * weight_bytes) {
-    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) body(n, 1);
-    });
-    return;
-  }
-  const int64_t G = std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(1, sample_bytes), 1, N);
-  for (int64_t n0 = 0; n0 < N; n0 += G) body(n0, std::min(G, N - n0));
-}
-
-template <typename acc_t>
-int64_t weight_bytes(const SEArgs& a) {
-  return 2 * a.R * a.C * int64_t(sizeof(acc_t));
+// Outputs of one small layer per parallel task, for g samples of K inputs each.
+int64_t layer_grain(int64_t g, int64_t K) {
+  return std::max<int64_t>(4, kLayerTaskMacs / std::max<int64_t>(1, g * K));
 }
 
 // ---- forward ---------------------------------------------------------------
@@ -236,32 +184,110 @@ template <typename scalar_t>
 void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, scalar_t* y,
                     at::opmath_type<scalar_t>* z, const Params<at::opmath_type<scalar_t>>& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = a.C, HW = a.hw(), R = a.R, sample = C * HW;
-  const int64_t bytes = sample * int64_t(sizeof(scalar_t)) * (res ? 3 : 2);
+  const int64_t N = a.N, C = a.C, HW = a.hw(), R = a.R, sample = C * HW;
+  const bool cl = a.channels_last;
+  const int64_t P = cl ? pixel_chunks(HW, C) : 1;
+  const int64_t sample_bytes = sample * int64_t(sizeof(scalar_t)) * (res ? 2 : 1);
+  const int64_t weight_bytes = 2 * R * C * int64_t(sizeof(acc_t));
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
+  acc_t* h = scratch<acc_t>(kCallSlot, N * (R + C));  // (N, R)
+  acc_t* s = h + N * R;                 // (N, C)
 
-  for_each_group(a.N, bytes, weight_bytes<acc_t>(a), [&](int64_t n0, int64_t g) {
-    std::vector<acc_t> a1(g * R), h(g * R), a2(g * C), s(g * C), partial;
-    const scalar_t* xg = x + n0 * sample;
-    const scalar_t* rg = res ? res + n0 * sample : nullptr;
-    scalar_t* yg = y + n0 * sample;
-    acc_t* zg = z + n0 * C;
+  // Small layers of samples [n0, n0 + g), outputs [j0, j1) of one layer.
+  auto layer1 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    gemm_nt(z + n0 * C, C, g, p.w1, C, j0, j1, C, p.b1, h + n0 * R, R);
+    for (int64_t i = n0; i < n0 + g; ++i)
+      for (int64_t j = j0; j < j1; ++j) h[i * R + j] = act_forward(a.act, h[i * R + j]);
+  };
+  auto layer2 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    gemm_nt(h + n0 * R, R, g, p.w2, R, j0, j1, R, p.b2, s + n0 * C, C);
+    for (int64_t i = n0; i < n0 + g; ++i)
+      for (int64_t j = j0; j < j1; ++j) s[i * C + j] = gate_forward(a.gate, s[i * C + j]);
+  };
 
-    sum_over_hw<acc_t>(a, g, [=](int64_t off) { return static_cast<acc_t>(xg[off]); }, zg,
-                       partial);
-    for (int64_t i = 0; i < g * C; ++i) zg[i] *= inv_hw;
-    excite(a, p, zg, g, a1.data(), h.data(), a2.data(), s.data());
+  bool_switch(res != nullptr, [&](auto has_res) {
+    bool_switch(a.out_relu, [&](auto relu) {
+      constexpr bool kRes = decltype(has_res)::value, kRelu = decltype(relu)::value;
+      // rows n * C + c in [r0, r1) (NCHW), pixels n * HW + q in [q0, q1) (channels_last)
+      auto scale_rows = [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t off = r * HW;
+          cpu::row_scale<kRes, kRelu>(x + off, kRes ? res + off : nullptr, y + off, HW, s[r]);
+        }
+      };
+      auto scale_pixels = [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t off = q * C;
+          cpu::pix_scale<kRes, kRelu>(x + off, kRes ? res + off : nullptr, y + off,
+                                      s + (q / HW) * C, C);
+        }
+      };
 
-    const acc_t* sg = s.data();
-    bool_switch(rg != nullptr, [&](auto has_res) {
-      bool_switch(a.out_relu, [&](auto relu) {
-        for_each_element(a, g, [=](int64_t off, int64_t nc) {
-          acc_t v = static_cast<acc_t>(xg[off]) * sg[nc];
-          if constexpr (decltype(has_res)::value) v += static_cast<acc_t>(rg[off]);
-          if constexpr (decltype(relu)::value) v = apply_relu(v);
-          yg[off] = static_cast<scalar_t>(v);
+      if (per_thread_schedule(N)) {
+        const int64_t G = thread_group_size(sample_bytes, weight_bytes, thread_share(N));
+        const int64_t y_bytes = N * sample * int64_t(sizeof(scalar_t));
+        const bool stream_y =
+            cpu::can_stream(y, C, HW, cl) && y_bytes >= kStreamBytes && y_bytes < kFreshBytes;
+        at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+          acc_t* part = scratch<acc_t>(kTaskSlot, cl ? C : 0);
+          for (int64_t n0 = b; n0 < e; n0 += G) {
+            const int64_t g = std::min(G, e - n0);
+            for (int64_t n = n0; n < n0 + g; ++n) {
+              acc_t* zn = z + n * C;
+              if (cl) {
+                const scalar_t* xn = x + n * sample;
+                pixel_sums_serial<acc_t>(
+                    HW, C, P,
+                    [=](int64_t q, acc_t* pt) { cpu::pix_accumulate(xn + q * C, pt, C); },
+                    part, zn);
+                for (int64_t c = 0; c < C; ++c) zn[c] *= inv_hw;
+              } else {
+                for (int64_t c = 0; c < C; ++c)
+                  zn[c] = cpu::row_sum<acc_t>(x + (n * C + c) * HW, HW) * inv_hw;
+              }
+            }
+            layer1(n0, g, 0, R);
+            layer2(n0, g, 0, C);
+            if (stream_y) {
+              cpu::scale_stream<kRes, kRelu>(x, res, y, s, n0, g, C, HW, cl);
+            } else if (cl) {
+              scale_pixels(n0 * HW, (n0 + g) * HW);
+            } else {
+              scale_rows(n0 * C, (n0 + g) * C);
+            }
+          }
         });
-      });
+        return;
+      }
+
+      const int64_t G = group_size(kSharedGroupBytes, sample_bytes, N);
+      for (int64_t n0 = 0; n0 < N; n0 += G) {
+        const int64_t g = std::min(G, N - n0);
+        acc_t* zg = z + n0 * C;
+        if (cl) {
+          const scalar_t* xg = x + n0 * sample;
+          pixel_sums_split<acc_t>(
+              g, HW, C, P,
+              [=](int64_t n, int64_t q, acc_t* pt) {
+                cpu::pix_accumulate(xg + (n * HW + q) * C, pt, C);
+              },
+              zg);
+          for (int64_t i = 0; i < g * C; ++i) zg[i] *= inv_hw;
+        } else {
+          at::parallel_for(n0 * C, (n0 + g) * C, grain_for(HW), [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) z[r] = cpu::row_sum<acc_t>(x + r * HW, HW) * inv_hw;
+          });
+        }
+        at::parallel_for(0, R, layer_grain(g, C),
+                         [&](int64_t j0, int64_t j1) { layer1(n0, g, j0, j1); });
+        at::parallel_for(0, C, layer_grain(g, R),
+                         [&](int64_t j0, int64_t j1) { layer2(n0, g, j0, j1); });
+        if (cl) {
+          at::parallel_for(n0 * HW, (n0 + g) * HW, grain_for(C), scale_pixels);
+        } else {
+          at::parallel_for(n0 * C, (n0 + g) * C, grain_for(HW), scale_rows);
+        }
+      }
     });
   });
 }
@@ -276,60 +302,169 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
                      at::opmath_type<scalar_t>* gb2) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = a.N, C = a.C, HW = a.hw(), R = a.R, sample = C * HW;
-  const int64_t streams = 3 + (y ? 1 : 0) + (gres ? 1 : 0);
-  const int64_t bytes = sample * int64_t(sizeof(scalar_t)) * streams;
-  // Kept for the whole batch: the weight gradients are summed after the loop.
-  std::vector<acc_t> h(N * R), da1(N * R), da2(N * C);
+  const bool cl = a.channels_last;
+  const int64_t P = cl ? pixel_chunks(HW, C) : 1;
+  const int64_t sample_bytes = sample * int64_t(sizeof(scalar_t)) * (y ? 3 : 2);
+  const int64_t weight_bytes = 2 * R * C * int64_t(sizeof(acc_t));
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
+  const bool per_thread = per_thread_schedule(N);
+  const int64_t G = per_thread ? thread_group_size(sample_bytes, weight_bytes, thread_share(N))
+                               : group_size(kSharedGroupBytes, sample_bytes, N);
+  // Kept for the whole batch: the weight gradients are summed over it at the end.
+  acc_t* h = scratch<acc_t>(kCallSlot, N * (2 * R + C));  // (N, R)
+  acc_t* da1 = h + N * R;                  // (N, R)
+  acc_t* da2 = da1 + N * R;                // (N, C)
 
-  for_each_group(N, bytes, weight_bytes<acc_t>(a), [&](int64_t n0, int64_t g) {
-    std::vector<acc_t> a1(g * R), dh(g * R), a2(g * C), s(g * C), dz(g * C), partial;
-    const scalar_t* gyg = gy + n0 * sample;
-    const scalar_t* xg = x + n0 * sample;
-    const scalar_t* yg = y ? y + n0 * sample : nullptr;
-    scalar_t* gxg = gx + n0 * sample;
-    scalar_t* grg = gres ? gres + n0 * sample : nullptr;
-    acc_t* hg = h.data() + n0 * R;
-    acc_t* da1g = da1.data() + n0 * R;
-    acc_t* da2g = da2.data() + n0 * C;
+  // One group's intermediates: a1, dh (g, R); a2, s, d (g, C); d holds
+  // sum_hw g * v, then dz.
+  struct Group {
+    acc_t *a1, *dh, *a2, *s, *d;
+  };
+  auto group_view = [&](acc_t* base) {
+    return Group{base, base + G * R, base + 2 * G * R, base + 2 * G * R + G * C,
+                 base + 2 * G * R + 2 * G * C};
+  };
+  const int64_t group_floats = 2 * G * R + 3 * G * C;
 
-    bool_switch(yg != nullptr, [&](auto masked) {
-      // The gradient reaching x * s: grad_y, zeroed where the output relu was off.
-      auto g_at = [=](int64_t off) {
-        acc_t v = static_cast<acc_t>(gyg[off]);
-        if constexpr (decltype(masked)::value) {
-          // A multiply, not `y > 0 ? v : 0`: gcc 12 -O3 miscompiled that select
-          // inside sum_run's unrolled lanes (wrong ds, caught by the tests).
-          v *= acc_t(relu_passes(static_cast<acc_t>(yg[off])));
+  // The small layers of samples [n0, n0 + g), one step (one barrier in the split
+  // schedule) per lambda, outputs [j0, j1).
+  auto fwd1 = [&](const Group& w, int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    gemm_nt(z + n0 * C, C, g, p.w1, C, j0, j1, C, p.b1, w.a1, R);
+    for (int64_t i = 0; i < g; ++i)
+      for (int64_t j = j0; j < j1; ++j) h[(n0 + i) * R + j] = act_forward(a.act, w.a1[i * R + j]);
+  };
+  auto fwd2 = [&](const Group& w, int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    gemm_nt(h + n0 * R, R, g, p.w2, R, j0, j1, R, p.b2, w.a2, C);
+    for (int64_t i = 0; i < g; ++i) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const acc_t a2 = w.a2[i * C + j];
+        w.s[i * C + j] = gate_forward(a.gate, a2);
+        da2[(n0 + i) * C + j] = gate_input_grad(a.gate, a2, w.d[i * C + j], a.from_y);
+      }
+    }
+  };
+  auto bwd2 = [&](const Group& w, int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    gemm_nn(da2 + n0 * C, C, 1, g, p.w2, R, j0, j1, C, w.dh, R);
+    for (int64_t i = 0; i < g; ++i)
+      for (int64_t j = j0; j < j1; ++j)
+        da1[(n0 + i) * R + j] = w.dh[i * R + j] * act_derivative(a.act, w.a1[i * R + j]);
+  };
+  auto bwd1 = [&](const Group& w, int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    gemm_nn(da1 + n0 * R, R, 1, g, p.w1, C, j0, j1, R, w.d, C);
+    for (int64_t i = 0; i < g; ++i)
+      for (int64_t j = j0; j < j1; ++j) w.d[i * C + j] *= inv_hw;
+  };
+
+  bool_switch(gres != nullptr, [&](auto want_res) {
+    constexpr bool kRes = decltype(want_res)::value;
+    // sum_hw g * v of rows [r0, r1) / one pixel; the map pass for rows / pixels.
+    // Indices are global (n * C + c, n * HW + q); `first` is the group's first sample.
+    auto reduce_rows = [&](int64_t r0, int64_t r1, acc_t* d, int64_t first) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = r * HW;
+        d[r - first * C] = cpu::row_grad_dot<acc_t>(gy + off, y ? y + off : nullptr, x + off, HW);
+      }
+    };
+    auto map_rows = [&](const Group& w, int64_t r0, int64_t r1, int64_t first) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = r * HW, i = r - first * C;
+        cpu::row_grad_map<kRes>(gy + off, y ? y + off : nullptr, gx + off,
+                                kRes ? gres + off : nullptr, HW, w.s[i], w.d[i]);
+      }
+    };
+    auto map_pixels = [&](const Group& w, int64_t q0, int64_t q1, int64_t first) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t off = q * C, i = (q / HW - first) * C;
+        cpu::pix_grad_map<kRes>(gy + off, y ? y + off : nullptr, gx + off,
+                                kRes ? gres + off : nullptr, w.s + i, w.d + i, C);
+      }
+    };
+    auto pixel_add = [&](int64_t n, int64_t q, acc_t* part) {
+      const int64_t off = (n * HW + q) * C;
+      cpu::pix_grad_accumulate(gy + off, y ? y + off : nullptr, x + off, part, C);
+    };
+
+    if (per_thread) {
+      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+        acc_t* buf = scratch<acc_t>(kTaskSlot, group_floats + (cl ? C : 0));
+        const Group w = group_view(buf);
+        acc_t* part = buf + group_floats;
+        for (int64_t n0 = b; n0 < e; n0 += G) {
+          const int64_t g = std::min(G, e - n0);
+          for (int64_t n = n0; n < n0 + g; ++n) {
+            if (cl) {
+              pixel_sums_serial<acc_t>(
+                  HW, C, P, [&](int64_t q, acc_t* pt) { pixel_add(n, q, pt); }, part,
+                  w.d + (n - n0) * C);
+            } else {
+              reduce_rows(n * C, (n + 1) * C, w.d, n0);
+            }
+          }
+          fwd1(w, n0, g, 0, R);
+          fwd2(w, n0, g, 0, C);
+          bwd2(w, n0, g, 0, R);
+          bwd1(w, n0, g, 0, C);
+          if (cl) {
+            map_pixels(w, n0 * HW, (n0 + g) * HW, n0);
+          } else {
+            map_rows(w, n0 * C, (n0 + g) * C, n0);
+          }
         }
-        return v;
-      };
-      // ds = sum_hw g * x (sum_hw g * y in the y-only backward), stored in dz's buffer
-      // until the small layers need it.
-      sum_over_hw<acc_t>(
-          a, g, [=](int64_t off) { return g_at(off) * static_cast<acc_t>(xg[off]); }, dz.data(),
-          partial);
-
-      excite(a, p, z + n0 * C, g, a1.data(), hg, a2.data(), s.data());
-      for (int64_t i = 0; i < g * C; ++i) da2g[i] = gate_input_grad(a.gate, a2[i], dz[i], a.from_y);
-      linear_transposed(da2g, g, C, p.w2, R, dh.data());
-      for (int64_t i = 0; i < g * R; ++i) da1g[i] = dh[i] * act_derivative(a.act, a1[i]);
-      linear_transposed(da1g, g, R, p.w1, C, dz.data());
-      for (int64_t i = 0; i < g * C; ++i) dz[i] *= inv_hw;
-
-      const acc_t* sg = s.data();
-      const acc_t* dzg = dz.data();
-      bool_switch(grg != nullptr, [&](auto want_res) {
-        for_each_element(a, g, [=](int64_t off, int64_t nc) {
-          const acc_t gv = g_at(off);
-          gxg[off] = static_cast<scalar_t>(gv * sg[nc] + dzg[nc]);
-          if constexpr (decltype(want_res)::value) grg[off] = static_cast<scalar_t>(gv);
-        });
       });
-    });
+    } else {
+      const Group w = group_view(scratch<acc_t>(kTaskSlot, group_floats));
+      for (int64_t n0 = 0; n0 < N; n0 += G) {
+        const int64_t g = std::min(G, N - n0);
+        if (cl) {
+          pixel_sums_split<acc_t>(
+              g, HW, C, P,
+              [&](int64_t n, int64_t q, acc_t* pt) { pixel_add(n0 + n, q, pt); }, w.d);
+        } else {
+          at::parallel_for(n0 * C, (n0 + g) * C, grain_for(HW),
+                           [&](int64_t r0, int64_t r1) { reduce_rows(r0, r1, w.d, n0); });
+        }
+        at::parallel_for(0, R, layer_grain(g, C),
+                         [&](int64_t j0, int64_t j1) { fwd1(w, n0, g, j0, j1); });
+        at::parallel_for(0, C, layer_grain(g, R),
+                         [&](int64_t j0, int64_t j1) { fwd2(w, n0, g, j0, j1); });
+        at::parallel_for(0, R, layer_grain(g, C),
+                         [&](int64_t j0, int64_t j1) { bwd2(w, n0, g, j0, j1); });
+        at::parallel_for(0, C, layer_grain(g, R),
+                         [&](int64_t j0, int64_t j1) { bwd1(w, n0, g, j0, j1); });
+        if (cl) {
+          at::parallel_for(n0 * HW, (n0 + g) * HW, grain_for(C),
+                           [&](int64_t q0, int64_t q1) { map_pixels(w, q0, q1, n0); });
+        } else {
+          at::parallel_for(n0 * C, (n0 + g) * C, grain_for(HW),
+                           [&](int64_t r0, int64_t r1) { map_rows(w, r0, r1, n0); });
+        }
+      }
+    }
   });
-  batch_outer_sum(da1.data(), z, N, R, C, gw1, gb1);
-  batch_outer_sum(da2.data(), h.data(), N, C, R, gw2, gb2);
+
+  // Weight gradients, summed over the batch in sample order: gw1 = da1^T z,
+  // gw2 = da2^T h, the biases the column sums. Both cost R * C * N multiply-adds;
+  // units [0, kUnits) are rows of gw1, [kUnits, 2 kUnits) rows of gw2, so an even
+  // split of the units is an even split of the work.
+  constexpr int64_t kUnits = 1024;
+  const int64_t units_grain = 2 * R * C * N >= 2 * kLayerTaskMacs ? 1 : 2 * kUnits;
+  // out rows [i0, i1) of a^T b (a: N x M, b: N x K), bias[i] = sum_n a[n, i].
+  auto batch_outer = [N](const acc_t* a, int64_t M, const acc_t* b, int64_t K, int64_t i0,
+                         int64_t i1, acc_t* out, acc_t* bias) {
+    if (i0 >= i1) return;
+    gemm_nn(a + i0, 1, M, i1 - i0, b, K, 0, K, N, out + i0 * K, K);
+    for (int64_t i = i0; i < i1; ++i) {
+      acc_t sum = 0;
+      for (int64_t n = 0; n < N; ++n) sum += a[n * M + i];
+      bias[i] = sum;
+    }
+  };
+  at::parallel_for(0, 2 * kUnits, units_grain, [&](int64_t u0, int64_t u1) {
+    batch_outer(da1, R, z, C, R * std::min(u0, kUnits) / kUnits,
+                R * std::min(u1, kUnits) / kUnits, gw1, gb1);
+    batch_outer(da2, C, h, R, C * (std::max(u0, kUnits) - kUnits) / kUnits,
+                C * (std::max(u1, kUnits) - kUnits) / kUnits, gw2, gb2);
+  });
 }
 
 // ---- entry points ------------------------------------------------------------
