@@ -133,8 +133,23 @@ def compile_backends(device_type: str, dtype: torch.dtype, is_target: bool, quic
     return ("compile",) if quick and dtype != torch.bfloat16 else ("compile", "compile_autotune")
 
 
-def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto") -> List[Case]:
-    fmts = formats(device_type)
+def parse_formats(text: str) -> List[Tuple[torch.dtype, str]]:
+    """"float32:nchw,bfloat16:channels_last" -> [(torch.float32, "nchw"), ...]."""
+    by_name = {v: k for k, v in DTYPE_NAMES.items()}
+    out = []
+    for item in text.split(","):
+        dtype, _, layout = item.strip().partition(":")
+        if dtype not in by_name or layout not in LAYOUTS:
+            raise argparse.ArgumentTypeError(
+                f"--formats: {item!r} is not DTYPE:LAYOUT with DTYPE in {sorted(by_name)} "
+                f"and LAYOUT in {sorted(LAYOUTS)}")
+        out.append((by_name[dtype], layout))
+    return out
+
+
+def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto",
+         fmts: Optional[List[Tuple[torch.dtype, str]]] = None) -> List[Case]:
+    fmts = fmts or formats(device_type)
     batches = {1: 1, TRAIN: train_batch}
     cases = []
 
@@ -151,7 +166,7 @@ def plan(device_type: str, quick: bool, train_batch: int, policy: str = "auto") 
     missing = ({name for name, _, _ in TARGET_CASES}.union(QUICK_EXTRA)
                .union(name for name, _ in QUICK_DEEP) - known)
     assert not missing, f"not in shapes.unique_shapes(): {sorted(missing)}"
-    primary = primary_format(device_type)
+    primary = primary_format(device_type) if primary_format(device_type) in fmts else fmts[0]
     if quick:
         for shape, networks in unique:
             for batch_key in batches:
@@ -508,6 +523,34 @@ def check_run_targets(cases: List[dict], train_batch: int) -> Tuple[List[dict], 
     return rows, misses
 
 
+def check_gpu_targets(cases: List[dict], train_batch: int) -> List[dict]:
+    """The GPU targets over the run: roofline fractions (geomean over the training-batch
+    cases), never slower than torch.compile, and batch 1 forward against eager."""
+    rows: List[dict] = []
+
+    def add(what, value, op, goal, display=None):
+        met = None if value is None else (value <= goal if op == "<=" else value >= goal)
+        rows.append({"what": what, "layout": "all", "key": None, "value": value, "op": op,
+                     "goal": goal, "met": met, "display": display})
+
+    for pass_, goal in (("forward", 0.85), ("backward", 0.80)):
+        v = [c["roofline_fraction"] for c in cases if c["pass"] == pass_
+             and c["N"] == train_batch and c.get("roofline_fraction")]
+        add(f"{pass_} at batch {train_batch}: geomean fraction of the copy roofline "
+            f"({len(v)} cases)", _geomean(v) if v else None, ">=", goal)
+    slower = [c for c in cases if any(c.get(f"speedup_{b}") is not None and c[f"speedup_{b}"] < 1
+                                      for b in ("compile", "compile_autotune"))]
+    n = sum(c.get("speedup_compile") is not None for c in cases)
+    add(f"every case and pass with torch.compile ({n}): slower than compile",
+        len(slower) if n else None, "<=", 0,
+        display=("none" if not slower else f"{len(slower)} rows") if n else None)
+    one = [c["speedup_eager"] for c in cases if c["pass"] == "forward" and c["N"] == 1
+           and c.get("speedup_eager")]
+    add(f"batch 1 forward: slowest speedup vs eager ({len(one)} cases)",
+        min(one) if one else None, ">=", 3.0)
+    return rows
+
+
 # --- main
 
 
@@ -537,6 +580,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-rotate", action="store_true",
                    help="time every call on the same inputs (warm cache for small cases)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the results")
+    p.add_argument("--formats", type=parse_formats,
+                   help="DTYPE:LAYOUT list replacing the device's formats, e.g. "
+                        "float32:nchw,bfloat16:channels_last")
+    p.add_argument("--rep-ms", type=float,
+                   help="GPU: milliseconds of calls per measurement (default 100 --quick, "
+                        "500 --full)")
+    p.add_argument("--time-budget", type=float,
+                   help="seconds: start no new case (nor the models) after this much wall "
+                        "time; the cases left out are listed under 'Not run'")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return p.parse_args(argv)
 
@@ -577,7 +629,11 @@ def not_run_notes(device, cases, result, args) -> List[str]:
                      f"{_report.DASH} in its columns)")
     if args.quick:
         notes.append("--quick: a subset of shapes, batches and formats (--full runs all)")
-    if args.no_models:
+    over = getattr(args, "over_budget", [])
+    if over:
+        notes.append(f"--time-budget {args.time_budget:g} s: {len(over)} left out: "
+                     + "; ".join(over))
+    if args.no_models and "the model-level runs" not in over:
         notes.append("models: skipped (--no-models)")
     elif result["models"] and not any(m["mode"] == "train" for m in result["models"]):
         notes.append("models: training step not timed (--quick on a CPU)")
@@ -593,7 +649,7 @@ def main(argv=None) -> int:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     train_batch = args.train_batch or default_train_batch(device)
-    cases = plan(device.type, args.quick, train_batch, args.compile)
+    cases = plan(device.type, args.quick, train_batch, args.compile, args.formats)
     if args.filter:
         cases = [c for c in cases if re.search(args.filter, c.label)]
     if args.dry_run:
@@ -606,14 +662,29 @@ def main(argv=None) -> int:
     timer = _timing.make_timer(device, args.quick)
     if args.min_run_time and isinstance(timer, _timing.CPUTimer):
         timer.min_run_time = args.min_run_time
+    if args.rep_ms and isinstance(timer, _timing.CUDATimer):
+        timer.rep_ms = args.rep_ms
+    if args.time_budget:
+        # Under a budget, breadth first: every shape at batch 1 (fast), then every shape at
+        # the training batch, one format after the other, so a cut loses whole formats.
+        fmts = args.formats or formats(device.type)
+        cases.sort(key=lambda c: (c.N != 1, fmts.index((c.dtype, c.layout))
+                                  if (c.dtype, c.layout) in fmts else len(fmts), c.residual))
     env = _env.environment(device)
     copy_bytes = max(256 * _timing.MiB, 8 * _timing.cache_bytes(device))
     copy_gbps = _timing.copy_bandwidth(device, timer, copy_bytes)
     rows = []
+    args.over_budget = []
     for case in (bar := tqdm(cases, desc="SE cases", unit="case", file=sys.stderr)):
+        if args.time_budget and time.perf_counter() - _T0 > args.time_budget:
+            args.over_budget.append(case.label)
+            continue
         bar.set_postfix_str(case.label)
         rows += run_case(case, device, timer, copy_gbps, rotate=not args.no_rotate,
                          rounds=args.rounds)
+    if args.time_budget and time.perf_counter() - _T0 > args.time_budget:
+        args.no_models = True
+        args.over_budget.append("the model-level runs")
     models_rows, model_errors = ([], []) if args.no_models else run_models(
         device, args, train_batch, timer,
         lambda it, desc: tqdm(it, desc=desc, file=sys.stderr))
@@ -641,7 +712,8 @@ def assemble(env, device, args, argv, timer, copy_bytes, copy_gbps, train_batch,
         "copy_GBps": copy_gbps,
         "train_batch": train_batch,
         "cases": rows,
-        "targets": check_targets(rows) if device.type == "cpu" else [],
+        "targets": check_targets(rows) if device.type == "cpu" else check_gpu_targets(
+            rows, train_batch),
         "target_misses": [],
         "models": models_rows,
         "errors": [f"{r['name']} N={r['N']} {r['dtype']} {r['layout']}: {b}: {e}"
