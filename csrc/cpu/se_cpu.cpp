@@ -469,15 +469,18 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   // split of the units is an even split of the work.
   constexpr int64_t kUnits = 1024;
   const int64_t units_grain = 2 * R * C * N >= 2 * kLayerTaskMacs ? 1 : 2 * kUnits;
-  // out rows [i0, i1) of a^T b (a: N x M, b: N x K), bias[i] = sum_n a[n, i].
+  // out rows [i0, i1) of a^T b (a: N x M, b: N x K), bias[i] = sum_n a[n, i]. The bias
+  // sums run over n in order for all columns at once, reading a's rows contiguously
+  // (column by column, M floats apart, they took 0.1 ms for gb2 at C = 2048).
   auto batch_outer = [N](const acc_t* a, int64_t M, const acc_t* b, int64_t K, int64_t i0,
                          int64_t i1, acc_t* out, acc_t* bias) {
     if (i0 >= i1) return;
     gemm_nn(a + i0, 1, M, i1 - i0, b, K, 0, K, N, out + i0 * K, K);
-    for (int64_t i = i0; i < i1; ++i) {
-      acc_t sum = 0;
-      for (int64_t n = 0; n < N; ++n) sum += a[n * M + i];
-      bias[i] = sum;
+    std::fill(bias + i0, bias + i1, acc_t(0));
+    for (int64_t n = 0; n < N; ++n) {
+      const acc_t* an = a + n * M;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) bias[i] += an[i];
     }
   };
   at::parallel_for(0, 2 * kUnits, units_grain, [&](int64_t u0, int64_t u1) {
