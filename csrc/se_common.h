@@ -163,6 +163,31 @@ ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tenso
                             const c10::optional<at::Tensor>& b2,
                             const c10::optional<at::Tensor>& residual, bool inplace = false);
 
+// se_forward and se_forward_ of one back end, from its run(x, ..., inplace).
+using RunForward = ForwardCall (*)(const at::Tensor&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&,
+                                   const c10::optional<at::Tensor>&, c10::string_view,
+                                   c10::string_view, c10::string_view, bool);
+template <RunForward Run>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, c10::string_view activation,
+    c10::string_view gate, c10::string_view out_activation) {
+  const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
+  return {c.y, c.z, c.pre};
+}
+template <RunForward Run>
+std::tuple<at::Tensor, at::Tensor> forward_inplace_op(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, c10::string_view activation,
+    c10::string_view gate, c10::string_view out_activation) {
+  const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true);
+  return {c.z, c.pre};
+}
+
 struct BackwardCall {
   SEArgs a;
   at::Tensor gx, gres, gw1, gb1, gw2, gb2;  // outputs; gres is (0,) unless requested

@@ -178,6 +178,26 @@ int64_t layer_grain(int64_t g, int64_t K) {
   return std::max<int64_t>(4, kLayerTaskMacs / std::max<int64_t>(1, g * K));
 }
 
+// The two small layers' products for samples [n0, n0 + g), outputs [j0, j1), into
+// pre (N, R + C) = [a1 | a2]: the forward's, and the backward's when it recomputes
+// them (so the backward recomputes the forward's bits). layer1 also gives h = act(a1),
+// layer2's input.
+template <typename acc_t>
+void layer1(const SEArgs& a, const Params<acc_t>& p, const acc_t* z, int64_t n0, int64_t g,
+            int64_t j0, int64_t j1, acc_t* pre, acc_t* h) {
+  const int64_t C = a.C, R = a.R, RC = R + C;
+  gemm_nt(z + n0 * C, C, g, p.w1, C, j0, j1, C, p.b1, pre + n0 * RC, RC);
+  for (int64_t i = n0; i < n0 + g; ++i)
+    for (int64_t j = j0; j < j1; ++j) h[i * R + j] = act_forward(a.act, pre[i * RC + j]);
+}
+
+template <typename acc_t>
+void layer2(const SEArgs& a, const Params<acc_t>& p, const acc_t* h, int64_t n0, int64_t g,
+            int64_t j0, int64_t j1, acc_t* pre) {
+  const int64_t C = a.C, R = a.R, RC = R + C;
+  gemm_nt(h + n0 * R, R, g, p.w2, R, j0, j1, R, p.b2, pre + n0 * RC + R, RC);
+}
+
 // ---- forward ---------------------------------------------------------------
 
 // pre (N, R + C) receives a1 and a2, the layers' outputs before act and gate.
@@ -198,13 +218,11 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
   const int64_t RC = R + C;
 
   // Small layers of samples [n0, n0 + g), outputs [j0, j1) of one layer.
-  auto layer1 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
-    gemm_nt(z + n0 * C, C, g, p.w1, C, j0, j1, C, p.b1, pre + n0 * RC, RC);
-    for (int64_t i = n0; i < n0 + g; ++i)
-      for (int64_t j = j0; j < j1; ++j) h[i * R + j] = act_forward(a.act, pre[i * RC + j]);
+  auto fc1 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    layer1(a, p, z, n0, g, j0, j1, pre, h);
   };
-  auto layer2 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
-    gemm_nt(h + n0 * R, R, g, p.w2, R, j0, j1, R, p.b2, pre + n0 * RC + R, RC);
+  auto fc2 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    layer2(a, p, h, n0, g, j0, j1, pre);
     for (int64_t i = n0; i < n0 + g; ++i)
       for (int64_t j = j0; j < j1; ++j) s[i * C + j] = gate_forward(a.gate, pre[i * RC + R + j]);
   };
@@ -250,8 +268,8 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
                   zn[c] = cpu::row_sum<acc_t>(x + (n * C + c) * HW, HW) * inv_hw;
               }
             }
-            layer1(n0, g, 0, R);
-            layer2(n0, g, 0, C);
+            fc1(n0, g, 0, R);
+            fc2(n0, g, 0, C);
             if (stream_y) {
               cpu::scale_stream<kRes, kRelu>(x, res, y, s, n0, g, C, HW, cl);
             } else if (cl) {
@@ -283,9 +301,9 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
           });
         }
         at::parallel_for(0, R, layer_grain(g, C),
-                         [&](int64_t j0, int64_t j1) { layer1(n0, g, j0, j1); });
+                         [&](int64_t j0, int64_t j1) { fc1(n0, g, j0, j1); });
         at::parallel_for(0, C, layer_grain(g, R),
-                         [&](int64_t j0, int64_t j1) { layer2(n0, g, j0, j1); });
+                         [&](int64_t j0, int64_t j1) { fc2(n0, g, j0, j1); });
         if (cl) {
           at::parallel_for(n0 * HW, (n0 + g) * HW, grain_for(C), scale_pixels);
         } else {
@@ -333,15 +351,12 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   const int64_t group_floats = G * R + 2 * G * C;
 
   // The small layers of samples [n0, n0 + g), outputs [j0, j1); each lambda is one
-  // step (one barrier in the split schedule). The first two only run without pre_in:
-  // the same products as the forward's, so pre_buf gets the forward's bits.
+  // step (one barrier in the split schedule). The first two only run without pre_in.
   auto fwd1 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
-    gemm_nt(z + n0 * C, C, g, p.w1, C, j0, j1, C, p.b1, pre_buf + n0 * RC, RC);
-    for (int64_t i = n0; i < n0 + g; ++i)
-      for (int64_t j = j0; j < j1; ++j) h[i * R + j] = act_forward(a.act, pre_buf[i * RC + j]);
+    layer1(a, p, z, n0, g, j0, j1, pre_buf, h);
   };
   auto fwd2 = [&](int64_t n0, int64_t g, int64_t j0, int64_t j1) {
-    gemm_nt(h + n0 * R, R, g, p.w2, R, j0, j1, R, p.b2, pre_buf + n0 * RC + R, RC);
+    layer2(a, p, h, n0, g, j0, j1, pre_buf);
   };
   auto gate_step = [&](const Group& w, int64_t n0, int64_t g, int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < g; ++i) {
@@ -518,26 +533,6 @@ ForwardCall run_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
   return c;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c =
-      run_forward_cpu(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
-  return {c.y, c.z, c.pre};
-}
-
-std::tuple<at::Tensor, at::Tensor> se_forward_inplace_cpu(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c =
-      run_forward_cpu(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true);
-  return {c.z, c.pre};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& z,
                 const c10::optional<at::Tensor>& y, const at::Tensor& w1,
@@ -565,7 +560,7 @@ se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor&
 }  // namespace se_fused
 
 TORCH_LIBRARY_IMPL(se_fused, CPU, m) {
-  m.impl("se_forward", &se_fused::se_forward_cpu);
-  m.impl("se_forward_", &se_fused::se_forward_inplace_cpu);
+  m.impl("se_forward", &se_fused::forward_op<se_fused::run_forward_cpu>);
+  m.impl("se_forward_", &se_fused::forward_inplace_op<se_fused::run_forward_cpu>);
   m.impl("se_backward", &se_fused::se_backward_cpu);
 }

@@ -148,26 +148,6 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   return c;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c =
-      run_forward_cuda(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
-  return {c.y, c.z, c.pre};
-}
-
-std::tuple<at::Tensor, at::Tensor> se_forward_inplace_cuda(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c =
-      run_forward_cuda(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true);
-  return {c.z, c.pre};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& z,
                  const c10::optional<at::Tensor>& y, const at::Tensor& w1,
@@ -213,7 +193,7 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
 }  // namespace se_fused
 
 TORCH_LIBRARY_IMPL(se_fused, CUDA, m) {
-  m.impl("se_forward", &se_fused::se_forward_cuda);
-  m.impl("se_forward_", &se_fused::se_forward_inplace_cuda);
+  m.impl("se_forward", &se_fused::forward_op<se_fused::run_forward_cuda>);
+  m.impl("se_forward_", &se_fused::forward_inplace_op<se_fused::run_forward_cuda>);
   m.impl("se_backward", &se_fused::se_backward_cuda);
 }
