@@ -52,7 +52,8 @@ SHAPES = [
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,R", SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
 def test_every_thread_count_gives_the_same_bits(layout, shape, R, dtype):
     if shape[0] == 32 and dtype != torch.float32:
         pytest.skip("the streaming stores are the float32 kernel's")
