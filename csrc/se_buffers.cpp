@@ -27,6 +27,7 @@ ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tenso
   c.a.channels_last = !c.y.is_contiguous();
   const auto acc = acc_dtype(x.scalar_type());
   c.z = at::empty({c.a.N, c.a.C}, x.options().dtype(acc));
+  c.pre = at::empty({c.a.N, c.a.R + c.a.C}, x.options().dtype(acc));
   if (c.y.numel() == 0) return c;
   c.x = in_layout_of(x, c.y);
   if (residual.has_value()) c.res = in_layout_of(*residual, c.y);
@@ -38,7 +39,7 @@ BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at
                               const at::Tensor& z, const c10::optional<at::Tensor>& y,
                               const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                               const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                              bool want_grad_residual) {
+                              bool want_grad_residual, const c10::optional<at::Tensor>& pre) {
   BackwardCall c;
   c.a = checked;
   const auto acc = acc_dtype(x.scalar_type());
@@ -59,6 +60,7 @@ BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at
   c.x = in_layout_of(x, c.gx);
   if (c.a.out_relu) c.y = in_layout_of(y->to(x.scalar_type()), c.gx);
   c.z = z.to(acc).contiguous();
+  if (has_values(pre)) c.pre = pre->contiguous();
   c.p = params_in(acc, w1, b1, w2, b2);
   return c;
 }

@@ -138,7 +138,7 @@ SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
                            const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
                            c10::string_view activation, c10::string_view gate,
-                           bool x_is_output) {
+                           bool x_is_output, const c10::optional<at::Tensor>& pre) {
   SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
   a.out_relu = y.has_value();
   a.from_y = x_is_output;
@@ -159,6 +159,17 @@ SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
     check_same_device(*y, "y", x);
     TORCH_CHECK_VALUE(y->sizes() == x.sizes(), "se_fused: y must have x's shape ", x.sizes(),
                       ", got ", y->sizes());
+  }
+  if (has_values(pre)) {
+    check_same_device(*pre, "pre", x);
+    TORCH_CHECK_VALUE(pre->dim() == 2 && pre->size(0) == a.N && pre->size(1) == a.R + a.C,
+                      "se_fused: pre must have shape (N, R + C) = (", a.N, ", ", a.R + a.C,
+                      "), got ", pre->sizes());
+    // The forward's own accumulation dtype: a rounded copy would no longer be the
+    // values the forward used.
+    TORCH_CHECK_TYPE(pre->scalar_type() == acc_dtype(x.scalar_type()),
+                     "se_fused: pre must have dtype ", acc_dtype(x.scalar_type()),
+                     " (se_forward's third output for this x), got ", pre->scalar_type());
   }
   return a;
 }

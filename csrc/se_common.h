@@ -121,7 +121,12 @@ SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
                            const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
                            c10::string_view activation, c10::string_view gate,
-                           bool x_is_output);
+                           bool x_is_output, const c10::optional<at::Tensor>& pre);
+
+// Whether se_backward's optional pre was given with values (an empty one means none).
+inline bool has_values(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->numel() > 0;
+}
 
 // se_forward_ writes y over x: x must be dense NCHW or channels_last.
 void check_inplace_x(const at::Tensor& x);
@@ -149,6 +154,7 @@ struct ParamTensors {
 struct ForwardCall {
   SEArgs a;
   at::Tensor y, z;    // outputs
+  at::Tensor pre;     // output: (N, R + C), [a1 | a2] per sample
   at::Tensor x, res;  // res undefined without a residual
   ParamTensors p;
 };
@@ -157,10 +163,36 @@ ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tenso
                             const c10::optional<at::Tensor>& b2,
                             const c10::optional<at::Tensor>& residual, bool inplace = false);
 
+// se_forward and se_forward_ of one back end, from its run(x, ..., inplace).
+using RunForward = ForwardCall (*)(const at::Tensor&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&,
+                                   const c10::optional<at::Tensor>&, c10::string_view,
+                                   c10::string_view, c10::string_view, bool);
+template <RunForward Run>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, c10::string_view activation,
+    c10::string_view gate, c10::string_view out_activation) {
+  const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
+  return {c.y, c.z, c.pre};
+}
+template <RunForward Run>
+std::tuple<at::Tensor, at::Tensor> forward_inplace_op(
+    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& residual, c10::string_view activation,
+    c10::string_view gate, c10::string_view out_activation) {
+  const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true);
+  return {c.z, c.pre};
+}
+
 struct BackwardCall {
   SEArgs a;
   at::Tensor gx, gres, gw1, gb1, gw2, gb2;  // outputs; gres is (0,) unless requested
   at::Tensor gy, x, y, z;                    // y undefined without the output relu
+  at::Tensor pre;                            // undefined: recompute a1, a2 from z
   ParamTensors p;
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs()
       const {
@@ -172,7 +204,7 @@ BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at
                               const at::Tensor& z, const c10::optional<at::Tensor>& y,
                               const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                               const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                              bool want_grad_residual);
+                              bool want_grad_residual, const c10::optional<at::Tensor>& pre);
 
 template <typename T>
 T* ptr_or_null(const at::Tensor& t) {

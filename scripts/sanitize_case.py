@@ -67,9 +67,9 @@ def run_case(shape, R, dtype, channels_last, residual, relu, bias, misaligned, g
     out_act = "relu" if relu else "none"
 
     def run():
-        y, z = ops.se_forward(xd, w1d, b1d, w2d, b2d, resd, act, gate, out_act)
+        y, z, pre = ops.se_forward(xd, w1d, b1d, w2d, b2d, resd, act, gate, out_act)
         grads = ops.se_backward(gyd, xd, z, y if relu else None, w1d, b1d, w2d, b2d, act, gate,
-                                True)
+                                True, False, pre)
         torch.cuda.synchronize()
         return y, z, grads
 
@@ -83,7 +83,7 @@ def run_case(shape, R, dtype, channels_last, residual, relu, bias, misaligned, g
     if not residual and not relu and not misaligned:
         # in place, and the y-only backward from that y
         xi = xd.clone()
-        zi = ops.se_forward_(xi, w1d, b1d, w2d, b2d, None, act, gate, "none")
+        zi, _ = ops.se_forward_(xi, w1d, b1d, w2d, b2d, None, act, gate, "none")
         if not (torch.equal(xi, y) and torch.equal(zi, z)):
             failures.append(f"{shape} {dtype} cl={channels_last}: in-place forward differs")
         gy_only = ops.se_backward(gyd, xi, zi, None, w1d, b1d, w2d, b2d, act, gate, False, True)

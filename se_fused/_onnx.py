@@ -3,7 +3,8 @@
 The fused op becomes the SE block written in standard ONNX operators:
 
     z = Flatten(GlobalAveragePool(x))                        (N, C), the op's 2nd output
-    s = gate(Gemm(act(Gemm(z, w1, b1, transB=1)), w2, b2, transB=1))
+    a1 = Gemm(z, w1, b1, transB=1);  a2 = Gemm(act(a1), w2, b2, transB=1)
+    s = gate(a2);  pre = Concat(a1, a2, axis=1)              (N, R + C), the 3rd output
     y = out_act(x * Unsqueeze(s, [2, 3]) [+ residual])
 
 with act Relu or x * Sigmoid(x), gate Sigmoid or HardSigmoid(alpha=1/6, beta=1/2)
@@ -40,7 +41,7 @@ def _acc_type(x_type: int) -> int:
 
 
 def _emit_se(b, x, w1, b1, w2, b2, residual, activation, gate, out_activation):
-    """Adds the nodes of se_forward through builder b; returns (y, z).
+    """Adds the nodes of se_forward through builder b; returns (y, z, pre).
 
     b.op(name, *inputs, **attrs) adds a node, b.ints(values) an int64 constant,
     b.dtype(v) gives a value's ONNX data type (TypeError if unknown), b.cast(v, to).
@@ -76,7 +77,7 @@ def _emit_se(b, x, w1, b1, w2, b2, residual, activation, gate, out_activation):
         raise ValueError(f"se_fused ONNX export: unknown out_activation {out_activation!r}")
     if x_type != acc:
         y = b.cast(y, x_type)
-    return y, z
+    return y, z, b.op("Concat", a1, a2, axis=1)
 
 
 def _present(*inputs):
@@ -127,16 +128,17 @@ def _ts_args(g, args):
 
 def _ts_se_forward(g, *args):
     b, tensors, names = _ts_args(g, args)
-    y, z = _emit_se(b, *tensors, *names)
+    y, z, pre = _emit_se(b, *tensors, *names)
     if g.original_node.kind() == "se_fused::se_forward_":
         # The exporter sends the in-place op here too (it maps any "op_" to "op"), and
-        # the node has one output, z. Later readers of x must see y: rebind x to y in
-        # the exporter's old-to-new value map, which the following nodes are built from.
+        # the node has two outputs, z and pre. Later readers of x must see y: rebind x
+        # to y in the exporter's old-to-new value map, which the following nodes are
+        # built from.
         # (A call whose z is never read is dropped by the exporter before any symbolic
         # runs, and y with it: code exported to ONNX must call the out-of-place op.)
         g.env[g.original_node.inputsAt(0)] = y
-        return z
-    return y, z
+        return z, pre
+    return y, z, pre
 
 
 def _register_torchscript_symbolics():

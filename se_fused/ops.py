@@ -167,23 +167,31 @@ def _check_devices(x, **tensors):
                                "all tensors must be on one device")
 
 
+def _z_and_pre_fake(x, w1):
+    """z (N, C) and pre (N, R + C), in the accumulation dtype."""
+    N, C = x.shape[0], x.shape[1]
+    return (x.new_empty((N, C), dtype=_acc_dtype(x)),
+            x.new_empty((N, w1.shape[0] + C), dtype=_acc_dtype(x)))
+
+
 @torch.library.register_fake("se_fused::se_forward")
 def _se_forward_fake(x, w1, b1, w2, b2, residual, activation, gate, out_activation):
     torch._check(x.dim() == 4, lambda: "se_fused: x must be 4-D (N, C, H, W)")
     _check_devices(x, w1=w1, b1=b1, w2=w2, b2=b2, residual=residual)
-    return _empty_like_layout(x), x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x))
+    return (_empty_like_layout(x),) + _z_and_pre_fake(x, w1)
 
 
 @torch.library.register_fake("se_fused::se_forward_")
 def _se_forward_inplace_fake(x, w1, b1, w2, b2, residual, activation, gate, out_activation):
     torch._check(x.dim() == 4, lambda: "se_fused: x must be 4-D (N, C, H, W)")
     _check_devices(x, w1=w1, b1=b1, w2=w2, b2=b2, residual=residual)
-    return x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x))
+    return _z_and_pre_fake(x, w1)
 
 
 @torch.library.register_fake("se_fused::se_backward")
 def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_grad_residual,
-                      x_is_output=False):
+                      x_is_output=False, pre=None):
+    _check_devices(x, pre=pre)
     acc = _acc_dtype(x)
     grad_res = (_empty_like_layout(x) if (y is not None and want_grad_residual)
                 else x.new_empty((0,)))
@@ -207,6 +215,11 @@ def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_gr
 # so the gate's backward needs no x (se_common.h, gate_input_grad). Saving y instead of x
 # frees x, which usually nothing else keeps. z is then a differentiable output, so that
 # a double backward written in y and z reaches x through them.
+#
+# pre, the forward's [a1 | a2] (N x (R + C) floats), is saved too and handed to the fused
+# backward, which then skips recomputing both small layers. It is not differentiable:
+# a double backward (_backward_composite) recomputes a1 and a2 from z and the weights,
+# so that their dependence on them is in the graph.
 
 
 def _saves_y(x: torch.Tensor, residual, out_activation: str, gate: str) -> bool:
@@ -226,7 +239,8 @@ def _keeps_x(x, gate, keep_x) -> bool:
 
 def _setup_context(ctx, inputs, output):
     x, w1, b1, w2, b2, residual, activation, gate, out_activation = inputs
-    y, z = output
+    y, z, pre = output
+    ctx.mark_non_differentiable(pre)
     ctx.set_materialize_grads(False)
     ctx.activation, ctx.gate = activation, gate
     ctx.out_relu = out_activation == "relu"
@@ -234,16 +248,16 @@ def _setup_context(ctx, inputs, output):
     ctx.has_residual = residual is not None
     ctx.from_y = _saves_y(x, residual, out_activation, gate)
     if ctx.from_y:
-        ctx.save_for_backward(y, z, None, w1, b1, w2, b2)
+        ctx.save_for_backward(y, z, None, pre, w1, b1, w2, b2)
     else:
         ctx.mark_non_differentiable(z)
-        ctx.save_for_backward(x, z, y if ctx.out_relu else None, w1, b1, w2, b2)
+        ctx.save_for_backward(x, z, y if ctx.out_relu else None, pre, w1, b1, w2, b2)
 
 
-def _backward(ctx, grad_y, grad_z):
-    v, z, y, w1, b1, w2, b2 = ctx.saved_tensors
+def _backward(ctx, grad_y, grad_z, _grad_pre):
+    v, z, y, pre, w1, b1, w2, b2 = ctx.saved_tensors
     grads = _input_grads(
-        grad_y, grad_z, v, z, y, w1, b1, w2, b2, ctx.activation, ctx.gate, ctx.from_y,
+        grad_y, grad_z, v, z, y, pre, w1, b1, w2, b2, ctx.activation, ctx.gate, ctx.from_y,
         ctx.has_residual and ctx.needs_input_grad[5])
     return _per_input(ctx, grads, w1, b1, w2, b2, 3)
 
@@ -265,11 +279,12 @@ def _per_input(ctx, grads, w1, b1, w2, b2, n_rest):
     return out + (None,) * n_rest
 
 
-def _input_grads(grad_y, grad_z, v, z, y, w1, b1, w2, b2, activation, gate, from_y,
+def _input_grads(grad_y, grad_z, v, z, y, pre, w1, b1, w2, b2, activation, gate, from_y,
                  want_grad_residual):
     """(grad_x, grad_residual, grad_w1, grad_b1, grad_w2, grad_b2) from the saved tensors.
 
-    v is x, or y when from_y. grad_z is None unless a double backward reached z."""
+    v is x, or y when from_y. grad_z is None unless a double backward reached z. pre (the
+    forward's [a1 | a2]) only serves the fused kernel."""
     if grad_y is None:
         grad_y = torch.zeros_like(v)
     if torch.is_grad_enabled():
@@ -279,7 +294,7 @@ def _input_grads(grad_y, grad_z, v, z, y, w1, b1, w2, b2, activation, gate, from
                                     activation, gate)
     else:
         grads = _ops.se_backward(grad_y.to(v.dtype), v, z, y, w1, b1, w2, b2, activation,
-                                 gate, bool(want_grad_residual and y is not None), from_y)
+                                 gate, bool(want_grad_residual and y is not None), from_y, pre)
     gx, gres, gw1, gb1, gw2, gb2 = grads
     if grad_z is not None:
         hw = v.shape[2] * v.shape[3]
@@ -361,31 +376,32 @@ class _SEChosenSave(torch.autograd.Function):
     def forward(x, w1, b1, w2, b2, activation, gate, inplace, keep_x):
         if inplace:
             x_copy = x.clone() if _keeps_x(x, gate, keep_x) else None
-            z = _ops.se_forward_(x, w1, b1, w2, b2, None, activation, gate, "none")
-            return x, z, x_copy
-        y, z = _ops.se_forward(x, w1, b1, w2, b2, None, activation, gate, "none")
-        return y, z, None
+            z, pre = _ops.se_forward_(x, w1, b1, w2, b2, None, activation, gate, "none")
+            return x, z, pre, x_copy
+        y, z, pre = _ops.se_forward(x, w1, b1, w2, b2, None, activation, gate, "none")
+        return y, z, pre, None
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w1, b1, w2, b2, activation, gate, inplace, keep_x = inputs
-        y, z, x_copy = output
+        y, z, pre, x_copy = output
         if inplace:
             ctx.mark_dirty(x)
+        ctx.mark_non_differentiable(pre)
         ctx.set_materialize_grads(False)
         ctx.activation, ctx.gate = activation, gate
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
         ctx.from_y = not _keeps_x(x, gate, keep_x)
         if ctx.from_y:
-            ctx.save_for_backward(y, z, w1, b1, w2, b2)
+            ctx.save_for_backward(y, z, pre, w1, b1, w2, b2)
         else:
             ctx.mark_non_differentiable(z, *([x_copy] if inplace else []))
-            ctx.save_for_backward(x_copy if inplace else x, z, w1, b1, w2, b2)
+            ctx.save_for_backward(x_copy if inplace else x, z, pre, w1, b1, w2, b2)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_z, _grad_kept):
-        v, z, w1, b1, w2, b2 = ctx.saved_tensors
-        grads = _input_grads(grad_y, grad_z, v, z, None, w1, b1, w2, b2, ctx.activation,
+    def backward(ctx, grad_y, grad_z, _grad_pre, _grad_kept):
+        v, z, pre, w1, b1, w2, b2 = ctx.saved_tensors
+        grads = _input_grads(grad_y, grad_z, v, z, None, pre, w1, b1, w2, b2, ctx.activation,
                              ctx.gate, ctx.from_y, False)
         return _per_input(ctx, grads, w1, b1, w2, b2, 4)
 
@@ -399,7 +415,10 @@ class _SETransformable(torch.autograd.Function):
 
     @staticmethod
     def forward(x, w1, b1, w2, b2, residual, activation, gate, out_activation):
-        return _ops.se_forward(x, w1, b1, w2, b2, residual, activation, gate, out_activation)
+        # pre is left out: this backward is the differentiable composite, which
+        # recomputes a1 and a2 (transforms compose through it).
+        y, z, _ = _ops.se_forward(x, w1, b1, w2, b2, residual, activation, gate, out_activation)
+        return y, z
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -15,18 +15,18 @@ def _params(inputs):
     return [inputs[k].detach() if inputs[k] is not None else None for k in ("w1", "b1", "w2", "b2")]
 
 
-def _forward_and_backward(inputs, act, gate, out_act, want_res):
-    """Raw op outputs: (y, z) and every se_backward output."""
+def _forward_and_backward(inputs, act, gate, out_act, want_res, use_pre=True):
+    """Raw op outputs: (y, z, pre) and every se_backward output (given pre, or without)."""
     x = inputs["x"].detach()
     res = inputs["residual"].detach() if inputs["residual"] is not None else None
     w1, b1, w2, b2 = _params(inputs)
-    y, z = ops.se_forward(x, w1, b1, w2, b2, res, act, gate, out_act)
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, res, act, gate, out_act)
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)
     gy = gy.contiguous(memory_format=LAYOUTS["channels_last"] if not x.is_contiguous()
                        else torch.contiguous_format)
     grads = ops.se_backward(gy, x, z, y if out_act == "relu" else None, w1, b1, w2, b2, act, gate,
-                            want_res)
-    return (y, z, *grads)
+                            want_res, False, pre if use_pre else None)
+    return (y, z, pre, *grads)
 
 
 def _with_threads(n, fn):
@@ -52,7 +52,8 @@ SHAPES = [
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,R", SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
 def test_every_thread_count_gives_the_same_bits(layout, shape, R, dtype):
     if shape[0] == 32 and dtype != torch.float32:
         pytest.skip("the streaming stores are the float32 kernel's")
@@ -65,6 +66,55 @@ def test_every_thread_count_gives_the_same_bits(layout, shape, R, dtype):
         for other in outs[1:]:
             for i, (a, b) in enumerate(zip(outs[0], other)):
                 assert torch.equal(a, b), f"output {i} ({act}, {gate}, {out_act})"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape,R", [((8, 256, 7, 7), 16), ((3, 37, 3, 5), 5)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_gives_the_same_bits_with_and_without_pre(layout, shape, R, dtype, threads):
+    # The forward's a1 and a2 are the products the backward recomputes without them,
+    # so handing them over changes no bit (both schedules: 8 samples on 2 threads run
+    # per-thread groups, 3 samples split each step).
+    inputs = make_inputs(shape, R, dtype, LAYOUTS[layout], residual=True)
+    for act, gate, out_act in (("relu", "sigmoid", "relu"), ("silu", "hardsigmoid", "none")):
+        with_pre, without = (
+            _with_threads(threads, lambda: _forward_and_backward(inputs, act, gate, out_act,
+                                                                 True, use_pre))
+            for use_pre in (True, False))
+        for i, (a, b) in enumerate(zip(with_pre, without)):
+            assert torch.equal(a, b), f"output {i} ({act}, {gate}, {out_act})"
+
+
+def test_backward_recomputes_when_pre_is_empty_and_checks_a_given_pre():
+    inputs = make_inputs((4, 24, 5, 5), 6, torch.float32, torch.contiguous_format)
+    x = inputs["x"].detach()
+    w1, b1, w2, b2 = _params(inputs)
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, "relu", "sigmoid", "none")
+    gy = torch.randn_like(y)
+    args = (gy, x, z, None, w1, b1, w2, b2, "relu", "sigmoid", False, False)
+    ref = ops.se_backward(*args, None)
+    # pre given but wrong: the kernel reads it (a zero pre changes the gradients)
+    assert not torch.equal(ops.se_backward(*args, torch.zeros_like(pre))[2], ref[2])
+    for a, b in zip(ops.se_backward(*args, pre.new_empty(0)), ref):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="pre must have shape"):
+        ops.se_backward(*args, pre[:, 1:])
+    with pytest.raises(TypeError, match="pre must have dtype"):
+        ops.se_backward(*args, pre.double())
+
+
+def test_forward_pre_holds_the_layers_inputs_of_the_gate_and_activation():
+    inputs = make_inputs((5, 40, 6, 6), 10, torch.bfloat16, torch.channels_last)
+    x = inputs["x"].detach()
+    w1, b1, w2, b2 = _params(inputs)
+    _, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, "silu", "sigmoid", "none")
+    assert pre.dtype == torch.float32 and pre.shape == (5, 10 + 40)
+    a1 = z @ w1.t() + b1
+    a2 = torch.nn.functional.silu(a1) @ w2.t() + b2
+    assert_close_dtype(pre, torch.cat([a1, a2], dim=1), torch.float32)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -104,10 +154,10 @@ def test_inplace_forward_gives_the_same_bits(layout, shape, dtype, residual, out
     x = inputs["x"].detach()
     res = inputs["residual"].detach() if residual else None
     w1, b1, w2, b2 = _params(inputs)
-    y, z = ops.se_forward(x, w1, b1, w2, b2, res, "silu", "sigmoid", out_act)
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, res, "silu", "sigmoid", out_act)
     buf = x.clone()
-    z2 = ops.se_forward_(buf, w1, b1, w2, b2, res, "silu", "sigmoid", out_act)
-    assert torch.equal(buf, y) and torch.equal(z2, z)
+    z2, pre2 = ops.se_forward_(buf, w1, b1, w2, b2, res, "silu", "sigmoid", out_act)
+    assert torch.equal(buf, y) and torch.equal(z2, z) and torch.equal(pre2, pre)
     assert buf.stride() == x.stride()
 
 
@@ -118,10 +168,10 @@ def test_backward_from_y_matches_backward_from_x(layout, N, gate):
     inputs = make_inputs((N, 40, 6, 7), 10, torch.float64, LAYOUTS[layout])
     x = inputs["x"].detach()
     w1, b1, w2, b2 = _params(inputs)
-    y, z = ops.se_forward(x, w1, b1, w2, b2, None, "relu", gate, "none")
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, "relu", gate, "none")
     gy = torch.randn_like(y)
     from_x = ops.se_backward(gy, x, z, None, w1, b1, w2, b2, "relu", gate, False)
-    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, "relu", gate, False, True)
+    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, "relu", gate, False, True, pre)
     for i, (a, b) in enumerate(zip(from_x, from_y)):
         torch.testing.assert_close(b, a, **TOL[torch.float64], msg=lambda m: f"output {i}: {m}")
 
@@ -146,7 +196,7 @@ def test_output_relu_keeps_nan_in_the_vector_kernels(layout):
     x[3, 7, 2, 2] = float("nan")
     r = torch.randn_like(x)
     w1, w2 = torch.randn(4, 32), torch.randn(32, 4)
-    y, _ = ops.se_forward(x, w1, None, w2, None, r, "relu", "sigmoid", "relu")
+    y = ops.se_forward(x, w1, None, w2, None, r, "relu", "sigmoid", "relu")[0]
     assert torch.isnan(y[3, 7, 2, 2])
     assert torch.isnan(y[3]).sum() >= 1 and not torch.isnan(y[:3]).any()
     assert (y[~torch.isnan(y)] >= 0).all()

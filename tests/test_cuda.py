@@ -211,11 +211,15 @@ def test_fused_backward_op_agrees_with_composite_backward():
     for fmt in LAYOUTS.values():
         inp = cuda_inputs((3, 8, 5, 5), 2, torch.float64, fmt)
         x, w1, b1, w2, b2 = (inp[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))
-        y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid", "relu")
+        y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid",
+                                                  "relu")
         torch.testing.assert_close(z, x.mean(dim=(2, 3)), **TOL[torch.float64])
+        a1 = z @ w1.t() + b1
+        a2 = torch.nn.functional.silu(a1) @ w2.t() + b2
+        torch.testing.assert_close(pre, torch.cat([a1, a2], dim=1), **TOL[torch.float64])
         gy = torch.randn_like(y)
         fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, "silu", "hardsigmoid",
-                                               True)
+                                               True, False, pre)
         composite = _backward_composite(gy, x, None, y, w1, b1, w2, b2, "silu", "hardsigmoid")
         for a, b in zip(fused, composite):
             torch.testing.assert_close(a, b, **TOL[torch.float64])
@@ -295,8 +299,9 @@ def test_cuda_graph_capture_of_the_raw_ops():
     ops = torch.ops.se_fused
 
     def run():
-        y, z = ops.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid", "relu")
-        return (y, z) + tuple(ops.se_backward(gy, x, z, y, w1, b1, w2, None, "relu", "sigmoid", True))
+        y, z, pre = ops.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid", "relu")
+        return (y, z, pre) + tuple(ops.se_backward(gy, x, z, y, w1, b1, w2, None, "relu", "sigmoid",
+                                                   True, False, pre))
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -328,11 +333,13 @@ def test_two_runs_are_bitwise_identical(shape, layout, dtype):
     assert torch.equal(y1, y2)
     for name in g1:
         assert torch.equal(g1[name], g2[name]), name
-    _, z1 = torch.ops.se_fused.se_forward(*(inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")),
-                                          None, "silu", "sigmoid", "none")
-    _, z2 = torch.ops.se_fused.se_forward(*(inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")),
-                                          None, "silu", "sigmoid", "none")
-    assert torch.equal(z1, z2)
+    _, z1, pre1 = torch.ops.se_fused.se_forward(
+        *(inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")), None, "silu", "sigmoid",
+        "none")
+    _, z2, pre2 = torch.ops.se_fused.se_forward(
+        *(inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")), None, "silu", "sigmoid",
+        "none")
+    assert torch.equal(z1, z2) and torch.equal(pre1, pre2)
 
 
 def test_does_not_synchronize_the_host():
@@ -378,7 +385,7 @@ def test_tensor_over_2_31_elements_every_element_forward_and_backward(shape, fmt
     b2 = torch.randn(C, device="cuda", generator=g, dtype=torch.float64)
     p32 = [t.float() for t in (w1, b1, w2, b2)]
     ops = torch.ops.se_fused
-    y, z = ops.se_forward(x, *p32, None, "silu", "sigmoid", "none")
+    y, z, _ = ops.se_forward(x, *p32, None, "silu", "sigmoid", "none")
     assert y.stride() == x.stride()
     hw = shape[2] * shape[3]
     torch.testing.assert_close(z.double(), x.sum(dim=(2, 3), dtype=torch.float64) / hw,
@@ -480,10 +487,10 @@ def test_in_place_forward_writes_y_over_x(layout, dtype):
     inputs = cuda_inputs((8, 256, 14, 14), 16, dtype, LAYOUTS[layout], residual=True)
     args = [inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")]
     res = inputs["residual"].detach()
-    y, z = torch.ops.se_fused.se_forward(*args, res, "relu", "sigmoid", "relu")
+    y, z, pre = torch.ops.se_fused.se_forward(*args, res, "relu", "sigmoid", "relu")
     x = args[0].clone()
-    z2 = torch.ops.se_fused.se_forward_(x, *args[1:], res, "relu", "sigmoid", "relu")
-    assert torch.equal(x, y) and torch.equal(z2, z)
+    z2, pre2 = torch.ops.se_fused.se_forward_(x, *args[1:], res, "relu", "sigmoid", "relu")
+    assert torch.equal(x, y) and torch.equal(z2, z) and torch.equal(pre2, pre)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -493,9 +500,9 @@ def test_y_only_backward_matches_reference(layout, gate):
     inputs = cuda_inputs((6, 192, 14, 14), 48, torch.float32, LAYOUTS[layout])
     x, w1, b1, w2, b2 = (inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))
     ops = torch.ops.se_fused
-    y, z = ops.se_forward(x, w1, b1, w2, b2, None, "silu", gate, "none")
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, "silu", gate, "none")
     gy = torch.randn_like(y)
-    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, "silu", gate, False, True)
+    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, "silu", gate, False, True, pre)
     from_x = ops.se_backward(gy, x, z, None, w1, b1, w2, b2, "silu", gate, False, False)
     kw = dict(activation="silu", gate=gate)
     _, ref = forward_backward(reference.squeeze_excite, inputs, kw, grad_y=gy)
@@ -507,9 +514,10 @@ def test_y_only_backward_matches_reference(layout, gate):
 def _run_ops(inputs, gy):
     args = [inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")]
     res = inputs["residual"].detach()
-    y, z = torch.ops.se_fused.se_forward(*args, res, "silu", "sigmoid", "relu")
-    grads = torch.ops.se_fused.se_backward(gy, args[0], z, y, *args[1:], "silu", "sigmoid", True)
-    return (y.contiguous(), z) + tuple(g.contiguous() for g in grads)
+    y, z, pre = torch.ops.se_fused.se_forward(*args, res, "silu", "sigmoid", "relu")
+    grads = torch.ops.se_fused.se_backward(gy, args[0], z, y, *args[1:], "silu", "sigmoid", True,
+                                           False, pre)
+    return (y.contiguous(), z, pre) + tuple(g.contiguous() for g in grads)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -588,11 +596,11 @@ def test_opcheck_forward_op(layout, residual, out_act):
 @pytest.mark.parametrize("masked", [False, True])
 def test_opcheck_backward_op(layout, masked):
     x, w1, b1, w2 = _opcheck_args(False, LAYOUTS[layout])
-    y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid",
-                                         "relu" if masked else "none")
+    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid",
+                                              "relu" if masked else "none")
     torch.library.opcheck(torch.ops.se_fused.se_backward.default,
                           (torch.randn_like(x), x, z, y if masked else None, w1, b1, w2, None,
-                           "relu", "sigmoid", masked))
+                           "relu", "sigmoid", masked, False, pre))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

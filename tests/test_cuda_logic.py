@@ -144,23 +144,34 @@ def test_forward_matches_reference(case):
     shape, R, dtype, layout, residual, out_act, act, gate = case
     d = make(shape, R, dtype, LAYOUTS[layout], residual=residual)
     kw = dict(activation=act, gate=gate, out_activation=out_act)
-    y, z = emu_forward(d, kw, **SMALL_WAVES)
+    y, z, pre = emu_forward(d, kw, **SMALL_WAVES)
     y_ref = reference.squeeze_excite(d["x"], *params(d), residual=d["residual"], **kw)
     assert y.stride() == y_ref.stride()
     close(y, y_ref, dtype, "y")
-    close(z, d["x"].double().mean(dim=(2, 3)), torch.float64 if dtype == torch.float64
-          else torch.float32, "z")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    close(z, d["x"].double().mean(dim=(2, 3)), acc, "z")
+    assert pre.dtype == acc and pre.shape == (shape[0], R + shape[1])
+    close(pre, reference_pre(d, act), acc, "pre")
+
+
+def reference_pre(d, act):
+    """[a1 | a2] in float64, the layers' outputs before act and gate."""
+    z = d["x"].double().mean(dim=(2, 3))
+    w1, b1, w2, b2 = map(f64, params(d))
+    a1 = z @ w1.t() + (0 if b1 is None else b1)
+    h = torch.relu(a1) if act == "relu" else torch.nn.functional.silu(a1)
+    return torch.cat([a1, h @ w2.t() + (0 if b2 is None else b2)], dim=1)
 
 
 def test_forward_in_place_writes_y_over_x():
     for layout in LAYOUTS.values():
         d = make((3, 40, 9, 9), 10, torch.bfloat16, layout, residual=True)
         kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
-        y, z = emu_forward(d, kw, **SMALL_WAVES)
+        y, z, pre = emu_forward(d, kw, **SMALL_WAVES)
         x = d["x"].clone()
-        y2, z2 = emu_forward(d, kw, x=x, inplace=True, **SMALL_WAVES)
+        y2, z2, pre2 = emu_forward(d, kw, x=x, inplace=True, **SMALL_WAVES)
         assert y2.data_ptr() == x.data_ptr()
-        assert torch.equal(x, y) and torch.equal(z2, z)
+        assert torch.equal(x, y) and torch.equal(z2, z) and torch.equal(pre2, pre)
 
 
 # --- backward --------------------------------------------------------------------------
@@ -216,7 +227,7 @@ def test_backward_matches_reference(case):
     shape, R, dtype, layout, mask, act, gate = case
     d = make(shape, R, dtype, LAYOUTS[layout])
     kw = dict(activation=act, gate=gate, out_activation="relu" if mask else None)
-    y, z = emu_forward(d, kw)
+    y, z, _ = emu_forward(d, kw)
     out = EMU.backward(d["grad_y"], d["x"], z, y if mask else None, *params(d), act, gate, mask,
                        **SMALL_WAVES)
     check_grads(out, reference_backward(d, y if mask else None, act, gate), dtype)
@@ -228,7 +239,7 @@ def test_y_only_backward_matches_reference(layout, gate):
     # x_is_output: the kernels sum g*y and gate_input_grad recovers da2 from it
     d = make((4, 48, 6, 6), 12, torch.float32, LAYOUTS[layout])
     kw = dict(activation="silu", gate=gate, out_activation=None)
-    y, z = emu_forward(d, kw)
+    y, z, _ = emu_forward(d, kw)
     out = EMU.backward(d["grad_y"], y, z, None, *params(d), "silu", gate, False,
                        x_is_output=True, **SMALL_WAVES)
     check_grads(out, reference_backward(d, None, "silu", gate), torch.float32)
@@ -238,7 +249,7 @@ def test_float64_gradients_to_1e_12_with_the_sigmoid_gate():
     # a float32 accumulation anywhere would show at ~1e-7
     d = make((3, 40, 5, 5), 10, torch.float64, torch.channels_last)
     kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
-    y, z = emu_forward(d, kw, **SMALL_WAVES)
+    y, z, _ = emu_forward(d, kw, **SMALL_WAVES)
     close(y, reference.squeeze_excite(d["x"], *params(d), **kw), torch.float64, "y",
           dict(atol=1e-12, rtol=1e-12))
     out = EMU.backward(d["grad_y"], d["x"], z, y, *params(d), "silu", "sigmoid", True,
@@ -249,7 +260,7 @@ def test_float64_gradients_to_1e_12_with_the_sigmoid_gate():
 
 def test_output_relu_mask_lets_nan_through_like_torch_relu():
     d = make((2, 16, 4, 4), 4, torch.float32)
-    y, z = emu_forward(d, dict(activation="relu", gate="sigmoid", out_activation="relu"))
+    y, z, _ = emu_forward(d, dict(activation="relu", gate="sigmoid", out_activation="relu"))
     y = y.clone()
     y[0, 3, 1, 2] = float("nan")
     y[1, 5, 0, 0] = float("nan")
@@ -266,7 +277,7 @@ def test_nan_in_one_sample_stays_in_that_sample():
         d = make((3, 32, 6, 6), 8, torch.float32, layout)
         d["x"][1, 4, 2, 3] = float("nan")
         kw = dict(activation="relu", gate="sigmoid", out_activation=None)
-        y, z = emu_forward(d, kw, **SMALL_WAVES)
+        y, z, _ = emu_forward(d, kw, **SMALL_WAVES)
         y_ref = reference.squeeze_excite(d["x"], *params(d), **kw)
         torch.testing.assert_close(y, y_ref, equal_nan=True, **TOL[torch.float32])
         assert torch.isnan(y[1]).any() and not torch.isnan(y[[0, 2]]).any()
@@ -306,9 +317,9 @@ def test_bits_do_not_depend_on_grid_waves_interleaving_or_alignment(layout, dtyp
         x, res, gy = d["x"], d["residual"], d["grad_y"]
         if i == len(runs):
             x, res, gy = _misaligned(x), _misaligned(res), _misaligned(gy)
-        y, z = EMU.forward(x, *params(d), res, "silu", "sigmoid", "relu", **run)
+        y, z, pre = EMU.forward(x, *params(d), res, "silu", "sigmoid", "relu", **run)
         grads = EMU.backward(gy, x, z, y, *params(d), "silu", "sigmoid", True, **run)
-        outs = [y.contiguous(), z] + [g.contiguous() for g in grads]
+        outs = [y.contiguous(), z, pre] + [g.contiguous() for g in grads]
         if first is None:
             first = outs
             close(y, reference.squeeze_excite(d["x"], *params(d), residual=res, **kw), dtype, "y")

@@ -199,7 +199,8 @@ def test_every_option_matches_onnxruntime(exporter, activation, gate):
 
 
 class _RawOp(nn.Module):
-    """Returns the op's two outputs, so that z (the float32 squeeze) is checked too."""
+    """Returns the op's three outputs, so that z (the float32 squeeze) and pre are checked
+    too."""
 
     def __init__(self):
         super().__init__()
@@ -224,11 +225,13 @@ def test_both_outputs_half_input_and_dynamic_batch(exporter, dtype):
     assert_standard_onnx(proto)
     x = _x((3, C, 6, 6), seed=5, dtype=dtype)
     with torch.no_grad():
-        y, z = model(x)
-    assert z.dtype == torch.float32
-    got_y, got_z = run_ort(proto, x)
+        y, z, pre = model(x)
+    assert z.dtype == torch.float32 and pre.dtype == torch.float32
+    got_y, got_z, got_pre = run_ort(proto, x)
     assert got_y.dtype == dtype and got_z.dtype == torch.float32
+    assert got_pre.dtype == torch.float32 and got_pre.shape == pre.shape
     torch.testing.assert_close(got_z, z, **TOL[torch.float32])
+    torch.testing.assert_close(got_pre, pre, **TOL[torch.float32])
     torch.testing.assert_close(got_y, y, **TOL[dtype])
 
 
@@ -246,7 +249,7 @@ class _InplaceRaw(nn.Module):
     def forward(self, x):
         t = self.conv(x)
         se = self.se
-        z = torch.ops.se_fused.se_forward_(
+        z, _ = torch.ops.se_fused.se_forward_(
             t, se.fc1.weight.flatten(1), se.fc1.bias, se.fc2.weight.flatten(1), se.fc2.bias,
             None, "relu", "sigmoid", "none")
         return t * 2, z

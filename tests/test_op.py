@@ -105,9 +105,11 @@ def test_differentiable_backward_agrees_with_fused_backward():
     from se_fused.ops import _backward_composite
     inp = make_inputs((3, 8, 5, 5), 2, torch.float64, torch.channels_last)
     x, w1, b1, w2, b2 = (inp[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))
-    y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid", "relu")
+    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid",
+                                              "relu")
     gy = torch.randn_like(y)
-    fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, "silu", "hardsigmoid", True)
+    fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, "silu", "hardsigmoid", True,
+                                           False, pre)
     composite = _backward_composite(gy, x, None, y, w1, b1, w2, b2, "silu", "hardsigmoid")
     for a, b in zip(fused, composite):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
@@ -132,13 +134,14 @@ def test_opcheck_forward_op(layout, residual, out_act):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_opcheck_backward_op(masked):
+@pytest.mark.parametrize("with_pre", [False, True])
+def test_opcheck_backward_op(masked, with_pre):
     x, w1, b1, w2 = opcheck_args(False)
-    y, z = torch.ops.se_fused.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid",
-                                         "relu" if masked else "none")
+    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid",
+                                              "relu" if masked else "none")
     torch.library.opcheck(torch.ops.se_fused.se_backward.default,
                           (torch.randn_like(x), x, z, y if masked else None, w1, b1, w2, None,
-                           "relu", "sigmoid", masked))
+                           "relu", "sigmoid", masked, False, pre if with_pre else None))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -3,10 +3,16 @@
 // Single-threaded; every sum has an order fixed by the run length alone.
 //
 // NCHW rows of deep stages are short (49 or 196 values), so what counts there
-// is the work per row: the fp32 AVX-512 versions keep every row in vector
-// registers with one masked tail instead of a scalar remainder loop, and reduce
-// each row with one horizontal sum.
+// is the work per row: the AVX-512 versions keep every row in vector registers
+// with one masked tail instead of a scalar remainder loop, and reduce each row
+// with one horizontal sum. They serve float, and bfloat16 and float16 x (whose
+// values are widened to float on load and rounded once on store, bit for bit as
+// c10's scalar conversions), so a run never mixes vector and scalar code.
 #pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdint>
@@ -19,6 +25,12 @@
 #define SE_CPU_SIMD_F32 1
 #else
 #define SE_CPU_SIMD_F32 0
+#endif
+// 16-bit element types need AVX512-BW/VL for their masked 16-bit loads and stores.
+#if SE_CPU_SIMD_F32 && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define SE_CPU_SIMD_HALF 1
+#else
+#define SE_CPU_SIMD_HALF 0
 #endif
 
 namespace se_fused {
@@ -50,21 +62,83 @@ inline acc_t masked_grad(const scalar_t* gy, const scalar_t* mask, int64_t k) {
   return v;
 }
 
-// The fp32 kernels below replace the generic loops for float x.
+// Whether the AVX-512 kernels below replace the generic loops for this x dtype.
 template <typename acc_t, typename scalar_t>
-constexpr bool kF32 = std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>;
+constexpr bool kVec =
+    std::is_same_v<acc_t, float> &&
+    (std::is_same_v<scalar_t, float> ||
+     (SE_CPU_SIMD_HALF && (std::is_same_v<scalar_t, c10::BFloat16> ||
+                           std::is_same_v<scalar_t, c10::Half>)));
 
 #if SE_CPU_SIMD_F32
 
 inline __mmask16 row_tail(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
 }
+constexpr __mmask16 kAll = __mmask16(0xFFFF);
+
+// ---- 16 values of x's dtype <-> one float vector ----------------------------
+
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void store16(float* p, __m512 v, __mmask16 m) {
+  // Masked stores are slow on this class of core (AMD Zen): only a run's last
+  // partial vector takes one.
+  if (m == kAll) {
+    _mm512_storeu_ps(p, v);
+  } else {
+    _mm512_mask_storeu_ps(p, m, v);
+  }
+}
+
+#if SE_CPU_SIMD_HALF
+inline void store16_bits(void* p, __m256i bits, __mmask16 m) {
+  if (m == kAll) {
+    _mm256_storeu_si256(static_cast<__m256i*>(p), bits);
+  } else {
+    _mm256_mask_storeu_epi16(p, m, bits);
+  }
+}
+
+// bfloat16 is the upper half of a float: widening is exact.
+inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+// c10::BFloat16(float) (round_to_nearest_even): add 0x7FFF plus the lowest kept
+// bit, keep the upper half; every NaN becomes 0x7FC0. Not vcvtneps2bf16: that
+// flushes subnormal inputs and outputs to zero and keeps NaN payloads.
+inline __m256i bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+inline void store16(c10::BFloat16* p, __m512 v, __mmask16 m) { store16_bits(p, bf16_bits(v), m); }
+
+// float16: vcvtph2ps / vcvtps2ph with round-to-nearest-even, the instructions
+// c10::Half's conversions use on x86 with F16C (which AVX-512 implies).
+inline __m512 load16(const c10::Half* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+inline void store16(c10::Half* p, __m512 v, __mmask16 m) {
+  store16_bits(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), m);
+}
+#endif  // SE_CPU_SIMD_HALF
 
 // 1.0 where the relu passed (y > 0 or NaN, as torch.relu's backward), else 0.0.
-inline __m512 relu_pass_factor(__mmask16 m, const float* y) {
-  const __m512 yv = _mm512_maskz_loadu_ps(m, y);
+template <typename T>
+inline __m512 relu_pass_factor(__mmask16 m, const T* y) {
+  const __m512 yv = load16(y, m);
   const __mmask16 on = _mm512_mask_cmp_ps_mask(m, yv, _mm512_setzero_ps(), _CMP_NLE_UQ);
   return _mm512_maskz_mov_ps(on, _mm512_set1_ps(1.f));
+}
+
+// The masked gradient g of 16 values (mask: y, or nullptr without the relu).
+template <typename T>
+inline __m512 grad16(const T* gy, const T* mask, __mmask16 m) {
+  const __m512 g = load16(gy, m);
+  return mask ? _mm512_mul_ps(g, relu_pass_factor(m, mask)) : g;
 }
 
 template <typename Load>
@@ -72,88 +146,109 @@ inline float row_reduce(const Load& load, int64_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t k = 0;
   for (; k + 64 <= n; k += 64) {
-    a0 = _mm512_add_ps(a0, load(k, __mmask16(0xFFFF)));
-    a1 = _mm512_add_ps(a1, load(k + 16, __mmask16(0xFFFF)));
-    a2 = _mm512_add_ps(a2, load(k + 32, __mmask16(0xFFFF)));
-    a3 = _mm512_add_ps(a3, load(k + 48, __mmask16(0xFFFF)));
+    a0 = _mm512_add_ps(a0, load(k, kAll));
+    a1 = _mm512_add_ps(a1, load(k + 16, kAll));
+    a2 = _mm512_add_ps(a2, load(k + 32, kAll));
+    a3 = _mm512_add_ps(a3, load(k + 48, kAll));
   }
-  for (; k + 16 <= n; k += 16) a0 = _mm512_add_ps(a0, load(k, __mmask16(0xFFFF)));
+  for (; k + 16 <= n; k += 16) a0 = _mm512_add_ps(a0, load(k, kAll));
   if (k < n) a1 = _mm512_add_ps(a1, load(k, row_tail(n - k)));
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-inline float row_sum_f32(const float* x, int64_t n) {
-  return row_reduce([=](int64_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x + k); }, n);
+template <typename T>
+inline float row_sum_vec(const T* x, int64_t n) {
+  return row_reduce([=](int64_t k, __mmask16 m) { return load16(x + k, m); }, n);
 }
 
-inline float row_grad_dot_f32(const float* gy, const float* mask, const float* v, int64_t n) {
+template <typename T>
+inline float row_grad_dot_vec(const T* gy, const T* mask, const T* v, int64_t n) {
   if (mask) {
     return row_reduce(
         [=](int64_t k, __mmask16 m) {
-          const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gy + k),
-                                         relu_pass_factor(m, mask + k));
-          return _mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, v + k));
+          return _mm512_mul_ps(grad16(gy + k, mask + k, m), load16(v + k, m));
         },
         n);
   }
   return row_reduce(
-      [=](int64_t k, __mmask16 m) {
-        return _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gy + k), _mm512_maskz_loadu_ps(m, v + k));
-      },
+      [=](int64_t k, __mmask16 m) { return _mm512_mul_ps(load16(gy + k, m), load16(v + k, m)); },
       n);
 }
 
-// Masked stores are slow on this class of core (AMD Zen), so only a row's last
-// partial vector is written under a mask.
 // x * s + r as one fused multiply-add: written out, not left to the compiler,
 // whose contraction of a multiply and an add depends on the inlining context
 // (it gave y one ulp apart between the two schedules).
-template <bool kRes, bool kRelu>
-inline __m512 scale_vec(const float* x, const float* r, __m512 sv, __mmask16 m) {
-  const __m512 xv = _mm512_maskz_loadu_ps(m, x);
-  __m512 v = kRes ? _mm512_fmadd_ps(xv, sv, _mm512_maskz_loadu_ps(m, r)) : _mm512_mul_ps(xv, sv);
+template <bool kRes, bool kRelu, typename T>
+inline __m512 scale_vec(const T* x, const T* r, __m512 sv, __mmask16 m) {
+  const __m512 xv = load16(x, m);
+  __m512 v = kRes ? _mm512_fmadd_ps(xv, sv, load16(r, m)) : _mm512_mul_ps(xv, sv);
   // max returns its second operand when either is NaN (and for -0 against 0),
   // which is what apply_relu gives.
   if constexpr (kRelu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
   return v;
 }
 
-template <bool kRes, bool kRelu>
-inline void row_scale_f32(const float* x, const float* r, float* y, int64_t n, float s) {
+template <bool kRes, bool kRelu, typename T>
+inline void row_scale_vec(const T* x, const T* r, T* y, int64_t n, float s) {
   const __m512 sv = _mm512_set1_ps(s);
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16)
-    _mm512_storeu_ps(y + k, scale_vec<kRes, kRelu>(x + k, r + k, sv, __mmask16(0xFFFF)));
-  if (k < n) {
+  for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 m = row_tail(n - k);
-    _mm512_mask_storeu_ps(y + k, m, scale_vec<kRes, kRelu>(x + k, r + k, sv, m));
+    store16(y + k, scale_vec<kRes, kRelu>(x + k, r + k, sv, m), m);
   }
 }
 
-
-template <bool kRes>
-inline void row_grad_map_f32(const float* gy, const float* mask, float* gx, float* gres,
-                             int64_t n, float s, float dz) {
+// gx = g * s + dz (one rounding), gres = g.
+template <bool kRes, typename T>
+inline void row_grad_map_vec(const T* gy, const T* mask, T* gx, T* gres, int64_t n, float s,
+                             float dz) {
   const __m512 sv = _mm512_set1_ps(s), dzv = _mm512_set1_ps(dz);
-  auto grad = [=](int64_t k, __mmask16 m) {
-    __m512 g = _mm512_maskz_loadu_ps(m, gy + k);
-    return mask ? _mm512_mul_ps(g, relu_pass_factor(m, mask + k)) : g;
-  };
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    const __m512 g = grad(k, __mmask16(0xFFFF));
-    _mm512_storeu_ps(gx + k, _mm512_fmadd_ps(g, sv, dzv));
-    if constexpr (kRes) _mm512_storeu_ps(gres + k, g);
-  }
-  if (k < n) {
+  for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 m = row_tail(n - k);
-    const __m512 g = grad(k, m);
-    _mm512_mask_storeu_ps(gx + k, m, _mm512_fmadd_ps(g, sv, dzv));
-    if constexpr (kRes) _mm512_mask_storeu_ps(gres + k, m, g);
+    const __m512 g = grad16(gy + k, mask ? mask + k : nullptr, m);
+    store16(gx + k, _mm512_fmadd_ps(g, sv, dzv), m);
+    if constexpr (kRes) store16(gres + k, g, m);
   }
 }
 
+template <bool kRes, bool kRelu, typename T>
+inline void pix_scale_vec(const T* x, const T* r, T* y, const float* s, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = row_tail(C - c);
+    store16(y + c, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_maskz_loadu_ps(m, s + c), m), m);
+  }
+}
 
+// part[c] += x[c], and part[c] += g[c] * v[c] (a multiply and an add, as the generic loops)
+template <typename T>
+inline void pix_accumulate_vec(const T* x, float* part, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = row_tail(C - c);
+    store16(part + c, _mm512_add_ps(_mm512_maskz_loadu_ps(m, part + c), load16(x + c, m)), m);
+  }
+}
+
+template <typename T>
+inline void pix_grad_accumulate_vec(const T* gy, const T* mask, const T* v, float* part,
+                                    int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = row_tail(C - c);
+    const __m512 gv = _mm512_mul_ps(grad16(gy + c, mask ? mask + c : nullptr, m), load16(v + c, m));
+    store16(part + c, _mm512_add_ps(_mm512_maskz_loadu_ps(m, part + c), gv), m);
+  }
+}
+
+template <bool kRes, typename T>
+inline void pix_grad_map_vec(const T* gy, const T* mask, T* gx, T* gres, const float* s,
+                             const float* dz, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = row_tail(C - c);
+    const __m512 g = grad16(gy + c, mask ? mask + c : nullptr, m);
+    store16(gx + c,
+            _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(m, s + c), _mm512_maskz_loadu_ps(m, dz + c)),
+            m);
+    if constexpr (kRes) store16(gres + c, g, m);
+  }
+}
 
 // y must be 64-byte aligned; NCHW rows at least a vector long (a vector then
 // spans at most two rows), channels_last pixels a whole number of vectors.
@@ -179,8 +274,7 @@ inline void scale_stream_f32(const float* x, const float* r, float* y, const flo
     for (int64_t f = f0; f < f1; f += C) {
       const float* sn = s + (f / (C * HW)) * C;
       for (int64_t c = 0; c < C; c += 16) {
-        const __m512 v = scale_vec<kRes, kRelu>(x + f + c, r + f + c, _mm512_loadu_ps(sn + c),
-                                                __mmask16(0xFFFF));
+        const __m512 v = scale_vec<kRes, kRelu>(x + f + c, r + f + c, _mm512_loadu_ps(sn + c), kAll);
         _mm512_stream_ps(y + f + c, v);
       }
     }
@@ -206,26 +300,11 @@ inline void scale_stream_f32(const float* x, const float* r, float* y, const flo
       ++row;
       row_end += HW;
     }
-    _mm512_stream_ps(y + f, scale_vec<kRes, kRelu>(x + f, r + f, sv, __mmask16(0xFFFF)));
+    _mm512_stream_ps(y + f, scale_vec<kRes, kRelu>(x + f, r + f, sv, kAll));
   }
   _mm_sfence();
   for (; f < f1; ++f) {
     y[f] = scale_one<kRes, kRelu>(x, r, s, f, HW);
-  }
-}
-
-// The same arithmetic as scale_stream_f32, so a pixel's value does not depend on
-// which of the two wrote it.
-template <bool kRes, bool kRelu>
-inline void pix_scale_f32(const float* x, const float* r, float* y, const float* s, int64_t C) {
-  int64_t c = 0;
-  for (; c + 16 <= C; c += 16)
-    _mm512_storeu_ps(y + c, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_loadu_ps(s + c),
-                                                   __mmask16(0xFFFF)));
-  if (c < C) {
-    const __mmask16 m = row_tail(C - c);
-    _mm512_mask_storeu_ps(
-        y + c, m, scale_vec<kRes, kRelu>(x + c, r + c, _mm512_maskz_loadu_ps(m, s + c), m));
   }
 }
 #endif  // SE_CPU_SIMD_F32
@@ -235,7 +314,7 @@ inline void pix_scale_f32(const float* x, const float* r, float* y, const float*
 template <typename acc_t, typename scalar_t>
 inline acc_t row_sum(const scalar_t* x, int64_t n) {
 #if SE_CPU_SIMD_F32
-  if constexpr (kF32<acc_t, scalar_t>) return row_sum_f32(x, n);
+  if constexpr (kVec<acc_t, scalar_t>) return row_sum_vec(x, n);
 #endif
   return sum_run<acc_t>([=](int64_t k) { return static_cast<acc_t>(x[k]); }, n);
 }
@@ -244,7 +323,7 @@ inline acc_t row_sum(const scalar_t* x, int64_t n) {
 template <typename acc_t, typename scalar_t>
 inline acc_t row_grad_dot(const scalar_t* gy, const scalar_t* mask, const scalar_t* v, int64_t n) {
 #if SE_CPU_SIMD_F32
-  if constexpr (kF32<acc_t, scalar_t>) return row_grad_dot_f32(gy, mask, v, n);
+  if constexpr (kVec<acc_t, scalar_t>) return row_grad_dot_vec(gy, mask, v, n);
 #endif
   if (mask) {
     return sum_run<acc_t>(
@@ -258,7 +337,7 @@ inline acc_t row_grad_dot(const scalar_t* gy, const scalar_t* mask, const scalar
 template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
 inline void row_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, int64_t n, acc_t s) {
 #if SE_CPU_SIMD_F32
-  if constexpr (kF32<acc_t, scalar_t>) return row_scale_f32<kRes, kRelu>(x, r, y, n, s);
+  if constexpr (kVec<acc_t, scalar_t>) return row_scale_vec<kRes, kRelu>(x, r, y, n, s);
 #endif
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) {
@@ -274,7 +353,7 @@ template <bool kRes, typename acc_t, typename scalar_t>
 inline void row_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
                          int64_t n, acc_t s, acc_t dz) {
 #if SE_CPU_SIMD_F32
-  if constexpr (kF32<acc_t, scalar_t>) return row_grad_map_f32<kRes>(gy, mask, gx, gres, n, s, dz);
+  if constexpr (kVec<acc_t, scalar_t>) return row_grad_map_vec<kRes>(gy, mask, gx, gres, n, s, dz);
 #endif
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) {
@@ -299,7 +378,8 @@ template <bool kRes, bool kRelu, typename scalar_t, typename acc_t>
 inline void scale_stream(const scalar_t* x, const scalar_t* r, scalar_t* y, const acc_t* s,
                          int64_t n0, int64_t g, int64_t C, int64_t HW, bool cl) {
 #if SE_CPU_SIMD_F32
-  if constexpr (kF32<acc_t, scalar_t>) return scale_stream_f32<kRes, kRelu>(x, r, y, s, n0, g, C, HW, cl);
+  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>)
+    return scale_stream_f32<kRes, kRelu>(x, r, y, s, n0, g, C, HW, cl);
 #endif
   TORCH_INTERNAL_ASSERT(false, "scale_stream without can_stream");
 }
@@ -309,6 +389,9 @@ inline void scale_stream(const scalar_t* x, const scalar_t* r, scalar_t* y, cons
 // part[c] += x[c]
 template <typename acc_t, typename scalar_t>
 inline void pix_accumulate(const scalar_t* x, acc_t* part, int64_t C) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kVec<acc_t, scalar_t>) return pix_accumulate_vec(x, part, C);
+#endif
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) part[c] += static_cast<acc_t>(x[c]);
 }
@@ -317,6 +400,9 @@ inline void pix_accumulate(const scalar_t* x, acc_t* part, int64_t C) {
 template <typename acc_t, typename scalar_t>
 inline void pix_grad_accumulate(const scalar_t* gy, const scalar_t* mask, const scalar_t* v,
                                 acc_t* part, int64_t C) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kVec<acc_t, scalar_t>) return pix_grad_accumulate_vec(gy, mask, v, part, C);
+#endif
   if (mask) {
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c)
@@ -333,7 +419,7 @@ template <bool kRes, bool kRelu, typename acc_t, typename scalar_t>
 inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const acc_t* s,
                       int64_t C) {
 #if SE_CPU_SIMD_F32
-  if constexpr (kF32<acc_t, scalar_t>) return pix_scale_f32<kRes, kRelu>(x, r, y, s, C);
+  if constexpr (kVec<acc_t, scalar_t>) return pix_scale_vec<kRes, kRelu>(x, r, y, s, C);
 #endif
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
@@ -348,6 +434,9 @@ inline void pix_scale(const scalar_t* x, const scalar_t* r, scalar_t* y, const a
 template <bool kRes, typename acc_t, typename scalar_t>
 inline void pix_grad_map(const scalar_t* gy, const scalar_t* mask, scalar_t* gx, scalar_t* gres,
                          const acc_t* s, const acc_t* dz, int64_t C) {
+#if SE_CPU_SIMD_F32
+  if constexpr (kVec<acc_t, scalar_t>) return pix_grad_map_vec<kRes>(gy, mask, gx, gres, s, dz, C);
+#endif
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
     const acc_t g = masked_grad<acc_t>(gy, mask, c);

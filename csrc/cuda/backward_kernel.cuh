@@ -44,7 +44,7 @@ inline BackwardParams<T> backward_params(const BackwardLaunch& l) {
   b.z = static_cast<const acc_t*>(l.z);
   b.layers = layers_of<acc_t>(l);
   b.pieces = pieces_of(p, ws);
-  b.bx.fwd = {ws + p.ws_a1p, ws + p.ws_a1, ws + p.ws_h, ws + p.ws_s};
+  b.bx.fwd = {ws + p.ws_a1p, ws + p.ws_a1, ws + p.ws_h, ws + p.ws_s, nullptr};
   b.bx.da2 = ws + p.ws_da2;
   b.bx.dhp = ws + p.ws_dhp;
   b.bx.da1 = ws + p.ws_da1;

@@ -5,8 +5,9 @@
 //   fc1 tile (samples, 64 outputs of R, KS1 channels): partial a1 = z W1^T over
 //       its channels; the last of the nks1 tiles of (samples, outputs) to finish
 //       adds the partials in split order, + b1, and stores h = act(a1) (and a1
-//       for the backward).
-//   fc2 tile (samples, 64 channels): s = gate(h W2^T + b2) over all of R.
+//       for the backward, or into the forward's pre output).
+//   fc2 tile (samples, 64 channels): s = gate(a2), a2 = h W2^T + b2 over all of R
+//       (a2 also into pre in the forward).
 //
 // tile_gemm is the one inner product of every excitation and weight-gradient
 // tile: out[m, j] = sum_k A(m, k) B(k, j), k ascending, fp32 (fp64) accumulation,
@@ -100,6 +101,7 @@ struct Excite {
   acc_t* a1;   // (N, R) backward only
   acc_t* h;    // (N, R)
   acc_t* s;    // (N, C)
+  acc_t* pre;  // (N, R + C) forward only: the op's output [a1 | a2]
 };
 
 // The samples [n0, n0 + M) of tile st of wave w.
@@ -153,6 +155,7 @@ SE_DEV void fc1_tile(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>&
     for (int64_t k = 0; k < p.nks1; ++k) a += load_cg(X.a1p + (k * N + n) * R + r);
     if (L.b1 != nullptr) a += load_ro(L.b1 + r);
     if (X.a1 != nullptr) store1(X.a1 + n * R + r, a);
+    if (X.pre != nullptr) store1(X.pre + n * (R + C) + r, a);
     store1(X.h + n * R + r, act_forward(L.act, a));
   }
 }
@@ -177,6 +180,7 @@ SE_DEV void fc2_tile(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>&
       const int64_t c = c0 + jt;
       acc_t a = acc[i];
       if (L.b2 != nullptr) a += load_ro(L.b2 + c);
+      if (X.pre != nullptr) store1(X.pre + (T.n0 + m) * (R + C) + R + c, a);
       store1(X.s + (T.n0 + m) * C + c, gate_forward(L.gate, a));
     }
   }

@@ -82,7 +82,7 @@ inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   f.z = static_cast<acc_t*>(l.z);
   f.layers = layers_of<acc_t>(l);
   f.pieces = pieces_of(p, ws);
-  f.ex = {ws + p.ws_a1p, nullptr, ws + p.ws_h, ws + p.ws_s};
+  f.ex = {ws + p.ws_a1p, nullptr, ws + p.ws_h, ws + p.ws_s, static_cast<acc_t*>(l.pre)};
   f.counters = l.counters;
   f.relu = l.relu;
   return f;

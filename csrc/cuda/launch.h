@@ -23,6 +23,7 @@ struct ForwardLaunch {
   const void* res;  // nullptr: no residual
   void* y;          // may equal x
   void* z;
+  void* pre;        // (N, R + C): a1 | a2
   const void *w1, *b1, *w2, *b2;  // accumulation type; biases may be nullptr
   int act, gate;
   bool relu;

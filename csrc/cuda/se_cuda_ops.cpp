@@ -141,29 +141,11 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   l.res = ptr_or_null(c.res);
   l.y = c.y.data_ptr();
   l.z = c.z.data_ptr();
+  l.pre = c.pre.data_ptr();
   l.relu = a.out_relu;
   launch(l, {cuda::launch_forward_float, cuda::launch_forward_half,
              cuda::launch_forward_bfloat16, cuda::launch_forward_double});
   return c;
-}
-
-std::tuple<at::Tensor, at::Tensor> se_forward_cuda(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c =
-      run_forward_cuda(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
-  return {c.y, c.z};
-}
-
-at::Tensor se_forward_inplace_cuda(const at::Tensor& x, const at::Tensor& w1,
-                                   const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                                   const c10::optional<at::Tensor>& b2,
-                                   const c10::optional<at::Tensor>& residual,
-                                   c10::string_view activation, c10::string_view gate,
-                                   c10::string_view out_activation) {
-  return run_forward_cuda(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true).z;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -171,12 +153,15 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
                  const c10::optional<at::Tensor>& y, const at::Tensor& w1,
                  const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                  const c10::optional<at::Tensor>& b2, c10::string_view activation,
-                 c10::string_view gate, bool want_grad_residual, bool x_is_output) {
+                 c10::string_view gate, bool want_grad_residual, bool x_is_output,
+                 const c10::optional<at::Tensor>& pre) {
   const SEArgs checked =
-      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output);
+      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output, pre);
   const c10::cuda::CUDAGuard guard(x.device());
+  // The persistent kernel recomputes a1 and a2 from z in tiles that overlap the
+  // reduce tiles, so pre is only checked here, not read.
   const BackwardCall c = prepare_backward(checked, grad_y, x, z, y, w1, b1, w2, b2,
-                                          want_grad_residual);
+                                          want_grad_residual, c10::nullopt);
   if (c.gx.numel() == 0) return c.outputs();
   const SEArgs& a = c.a;
   const bool has_mask = c.y.defined();
@@ -208,7 +193,7 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
 }  // namespace se_fused
 
 TORCH_LIBRARY_IMPL(se_fused, CUDA, m) {
-  m.impl("se_forward", &se_fused::se_forward_cuda);
-  m.impl("se_forward_", &se_fused::se_forward_inplace_cuda);
+  m.impl("se_forward", &se_fused::forward_op<se_fused::run_forward_cuda>);
+  m.impl("se_forward_", &se_fused::forward_inplace_op<se_fused::run_forward_cuda>);
   m.impl("se_backward", &se_fused::se_backward_cuda);
 }

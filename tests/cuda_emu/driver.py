@@ -157,7 +157,7 @@ class Emulator:
 
     def forward(self, x, w1, b1, w2, b2, residual=None, activation="relu", gate="sigmoid",
                 out_activation=None, inplace=False, **kw):
-        """(y, z); with inplace, y is x itself, overwritten."""
+        """(y, z, pre); with inplace, y is x itself, overwritten."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         cl, xk = self._layout(x)
         fmt = torch.channels_last if cl else torch.contiguous_format
@@ -166,16 +166,17 @@ class Emulator:
         else:
             y = torch.full(x.shape, float("nan"), dtype=x.dtype).contiguous(memory_format=fmt)
         z = torch.full((x.shape[0], x.shape[1]), float("nan"), dtype=acc)
+        pre = torch.full((x.shape[0], w1.shape[0] + x.shape[1]), float("nan"), dtype=acc)
         res = None if residual is None else residual.contiguous(memory_format=fmt)
         w1, b1, w2, b2 = self._params(acc, w1, b1, w2, b2)
         a = self._args(tuple(x.shape), w1.shape[0], x.dtype, cl, False, act=activation,
                        gate=gate, relu=out_activation == "relu", **kw)
-        for slot, t in enumerate((xk, res, y, z)):
+        for slot, t in enumerate((xk, res, y, z, pre)):
             self._put(a, slot, t)
         for slot, t in zip(range(10, 14), (w1, b1, w2, b2)):
             self._put(a, slot, t)
         self._run(a)
-        return y, z
+        return y, z, pre
 
     def backward(self, grad_y, x, z, y, w1, b1, w2, b2, activation="relu", gate="sigmoid",
                  want_grad_residual=False, x_is_output=False, **kw):

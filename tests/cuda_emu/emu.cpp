@@ -201,9 +201,9 @@ namespace {
 
 using namespace se_fused::cuda;
 
-// Tensor slots of EmuArgs::t. Forward: x, res, y, z. Backward: gy, v, mask, gx,
+// Tensor slots of EmuArgs::t. Forward: x, res, y, z, pre. Backward: gy, v, mask, gx,
 // gres, z, gw1, gb1, gw2, gb2. Both: w1, b1, w2, b2 at 10..13.
-enum Slot { kX = 0, kRes, kY, kZ };
+enum Slot { kX = 0, kRes, kY, kZ, kPre };
 enum BSlot { kGy = 0, kV, kMask, kGx, kGres, kBz, kGw1, kGb1, kGw2, kGb2 };
 enum PSlot { kW1 = 10, kB1, kW2, kB2, kSlots = 16 };
 
@@ -254,6 +254,7 @@ void run_kernel(se_emu::Launch& L, const EmuArgs& a, const Plan& plan, void* ws,
     l.res = a.t[kRes];
     l.y = a.t[kY];
     l.z = a.t[kZ];
+    l.pre = a.t[kPre];
     l.w1 = a.t[kW1], l.b1 = a.t[kB1], l.w2 = a.t[kW2], l.b2 = a.t[kB2];
     l.act = a.act, l.gate = a.gate, l.relu = a.relu != 0;
     l.workspace = ws;
@@ -367,7 +368,7 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
     if (a->backward) {
       writable = s >= kGx && s <= kGb2 && s != kBz;
     } else {
-      writable = s == kY || s == kZ || (s == kX && a->t[kX] == a->t[kY]);
+      writable = s == kY || s == kZ || s == kPre || (s == kX && a->t[kX] == a->t[kY]);
     }
     const auto* lo = static_cast<const unsigned char*>(a->t[s]);
     L.regions.push_back({lo, lo + a->bytes[s], writable, kNames[s]});
