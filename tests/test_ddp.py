@@ -57,6 +57,9 @@ def _process_group(rank, port):
                             timeout=timedelta(seconds=60))
     try:
         yield
+        # Without it one rank can tear gloo down while the other still uses it,
+        # which aborts that rank ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
