@@ -8,10 +8,11 @@ PY        := $(VENV)/bin/python
 ifneq ($(wildcard /usr/local/cuda/include/cuda_runtime.h),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
-# No GPU visible and no arch given: build for Hopper only, to keep nvcc time down.
+# No GPU visible and no arch given: build for Hopper only (plus its PTX, which newer GPUs
+# compile at load), to keep nvcc time down.
 HAS_GPU   := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ifeq ($(HAS_GPU),)
-export TORCH_CUDA_ARCH_LIST ?= 9.0
+export TORCH_CUDA_ARCH_LIST ?= 9.0+PTX
 endif
 MAX_JOBS  ?= 2
 export MAX_JOBS
