@@ -20,7 +20,9 @@
 
 namespace se_fused {
 
-enum class Act : int { ReLU = 0, SiLU = 1 };
+// The activation between the two small layers. Identity is the one-layer form
+// (effective SE: s = gate(W1 z + b1)), set by the checks when w2 is None.
+enum class Act : int { ReLU = 0, SiLU = 1, HardSwish = 2, GELU = 3, Identity = 4 };
 enum class Gate : int { Sigmoid = 0, HardSigmoid = 1 };
 
 // Everything a kernel needs to know about one call, validated once.
@@ -31,6 +33,9 @@ struct SEArgs {
   bool out_relu = false;
   bool channels_last = false;  // layout the kernel reads and writes
   bool from_y = false;         // backward: the saved tensor is y = x * s, not x
+  // One layer (w2, b2 None, w1 (C, C)): a2 = a1 = W1 z + b1, s = gate(a2); R == C and
+  // act == Act::Identity. pre is still [a1 | a2] (both halves equal).
+  bool one_layer = false;
   int64_t hw() const { return H * W; }
 };
 
@@ -60,17 +65,56 @@ SE_HD bool relu_passes(T v) {
 }
 
 template <typename T>
-SE_HD T act_forward(Act a, T v) {
-  if (a == Act::ReLU) return apply_relu(v);
-  return v * sigmoid(v);
+SE_HD T se_erf(T v) {
+#if defined(__CUDA_ARCH__)
+  return erf(v);
+#else
+  return std::erf(v);
+#endif
 }
 
-// d act / d v, with PyTorch's conventions (relu'(0) = 0).
+// The activations as torch computes them: relu, silu (x * sigmoid(x)), hardswish
+// (x * relu6(x + 3) / 6) and the exact, erf form of gelu (x * Phi(x)).
+template <typename T>
+SE_HD T act_forward(Act a, T v) {
+  switch (a) {
+    case Act::ReLU:
+      return apply_relu(v);
+    case Act::SiLU:
+      return v * sigmoid(v);
+    case Act::HardSwish: {
+      T t = v + T(3);
+      t = t < T(0) ? T(0) : (t > T(6) ? T(6) : t);
+      return v * t / T(6);
+    }
+    case Act::GELU:
+      return T(0.5) * v * (T(1) + se_erf(v * T(0.70710678118654752440)));
+    default:
+      return v;
+  }
+}
+
+// d act / d v, with PyTorch's conventions: relu'(0) = 0; hardswish' is 0 below -3,
+// x / 3 + 1/2 on [-3, 3] and 1 above (torch's hardswish_backward).
 template <typename T>
 SE_HD T act_derivative(Act a, T v) {
-  if (a == Act::ReLU) return relu_passes(v) ? T(1) : T(0);
-  T s = sigmoid(v);
-  return s * (T(1) + v * (T(1) - s));
+  switch (a) {
+    case Act::ReLU:
+      return relu_passes(v) ? T(1) : T(0);
+    case Act::SiLU: {
+      T s = sigmoid(v);
+      return s * (T(1) + v * (T(1) - s));
+    }
+    case Act::HardSwish:
+      return v < T(-3) ? T(0) : (v <= T(3) ? v / T(3) + T(0.5) : T(1));
+    case Act::GELU: {
+      const T cdf = T(0.5) * (T(1) + se_erf(v * T(0.70710678118654752440)));
+      const T pdf = se_exp(T(-0.5) * v * v) * T(0.39894228040143267794);
+      return cdf + v * pdf;
+    }
+    default:
+      return T(1);
+  }
 }
 
 template <typename T>
