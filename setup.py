@@ -69,10 +69,13 @@ def extensions():
         # No --use_fast_math: it flushes denormals and approximates exp, which the
         # sigmoid gate and its float64 gradcheck should not see. --prec-div=false
         # (float division only, <= 2 ulp) keeps the IEEE-division slow path, a
-        # subroutine call that spills registers, out of the persistent kernels.
-        extra["nvcc"] = ["-O3", "-lineinfo", "--prec-div=false"]
-        if os.environ.get("SE_FUSED_MIN_BLOCKS"):  # register budget experiments (se_cuda_common.cuh)
-            extra["nvcc"].append(f"-DSE_FUSED_MIN_BLOCKS={int(os.environ['SE_FUSED_MIN_BLOCKS'])}")
+        # subroutine call, out of the kernels. --fmad=false: a * b + c is never
+        # contracted, so the vector and scalar paths of a tile round alike; the
+        # kernels write every wanted FMA out (se_fma).
+        extra["nvcc"] = ["-O3", "-lineinfo", "--prec-div=false", "--fmad=false"]
+        for knob in ("SE_FUSED_MIN_BLOCKS", "SE_FUSED_MIN_BLOCKS_2"):  # register budgets
+            if os.environ.get(knob):  # (se_cuda_common.cuh), for experiments on a GPU
+                extra["nvcc"].append(f"-D{knob}={int(os.environ[knob])}")
         if os.environ.get("SE_FUSED_PTXAS_VERBOSE", "0") == "1":
             extra["nvcc"].append("-Xptxas=-v")  # registers and spills per kernel
         macros.append(("SE_FUSED_WITH_CUDA", "1"))

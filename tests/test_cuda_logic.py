@@ -1,17 +1,19 @@
 """Logic checks of the CUDA kernels, on the CPU.
 
 The kernel sources of csrc/cuda run as host C++ in an emulation (tests/cuda_emu):
-256 fibers a block, several blocks interleaving at every barrier and wait in a
-seeded random order, every global access checked against the buffers and their
-alignment, outputs and workspace poisoned with NaN. This checks the kernels'
-indexing, tiling, ticket schedule, waves, excitation tiles and epilogues against
-the reference. It is not GPU evidence: no timing, no memory model, no registers.
-tests/test_cuda.py checks the same on a GPU.
+256 fibers a block, a few blocks resident at a time, started in a seeded random
+order and interleaving at every barrier and shuffle, every global access checked
+against the buffers and their alignment, outputs and workspace poisoned with NaN,
+every last-arrival counter checked after launch 1, FMA contraction on. This checks
+the kernels' indexing, tiling, last-arrival finalizers, small layers and epilogues
+against the reference. It is not GPU evidence: no timing, no memory model, no
+registers. tests/test_cuda.py checks the same on a GPU.
 """
 import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from se_fused import reference
 from se_fused.ops import _backward_composite
@@ -23,10 +25,14 @@ EMU = driver.load()
 pytestmark = pytest.mark.skipif(EMU is None, reason="no C++ compiler for the emulation")
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-SMALL_WAVES = dict(wave_bytes=512, grid=3)  # a wave per sample, 3 blocks interleaving
+# 3 blocks resident, launch 2 one sample a block, and an L2 too small for x (launch 2
+# walks its tiles from the end)
+SMALL = dict(concurrency=3, samples2=1, l2_bytes=2)
 
 
-def make(shape, R, dtype, fmt=torch.contiguous_format, *, bias=True, residual=False, seed=0):
+def make(shape, R, dtype, fmt=torch.contiguous_format, *, bias=True, residual=False, seed=0,
+         one_layer=False):
+    """Inputs; one_layer: the effective-SE form (w1 is C x C, no w2, b2)."""
     g = torch.Generator().manual_seed(seed)
     N, C, H, W = shape
     pdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -34,12 +40,14 @@ def make(shape, R, dtype, fmt=torch.contiguous_format, *, bias=True, residual=Fa
     def rnd(*s, dt=pdt, scale=1.0):
         return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dt)
 
+    if one_layer:
+        R = C
     return dict(
         x=rnd(*shape, dt=dtype).contiguous(memory_format=fmt),
         w1=rnd(R, C, scale=2.0 / max(C, 1) ** 0.5),
         b1=rnd(R, scale=0.5) if bias else None,
-        w2=rnd(C, R, scale=2.0 / max(R, 1) ** 0.5),
-        b2=rnd(C, scale=0.5) if bias else None,
+        w2=None if one_layer else rnd(C, R, scale=2.0 / max(R, 1) ** 0.5),
+        b2=rnd(C, scale=0.5) if bias and not one_layer else None,
         residual=rnd(*shape, dt=dtype).contiguous(memory_format=fmt) if residual else None,
         grad_y=rnd(*shape, dt=dtype).contiguous(memory_format=fmt),
     )
@@ -78,35 +86,97 @@ def test_fastdiv_matches_integer_division():
             assert EMU.fastdiv(a, d) == a // d, (a, d)
 
 
-# --- the ticket schedule ---------------------------------------------------------------
-
-SCHEDULES = [
-    ((1, 2048, 7, 7), 128, torch.float32, False, 1 << 40),
-    ((3, 5, 7, 7), 2, torch.float16, False, 512),
-    ((37, 64, 14, 14), 16, torch.bfloat16, True, 4096),
-    ((256, 2048, 7, 7), 128, torch.bfloat16, False, 50 << 18),  # H100: a quarter of 50 MB
-    ((33, 100, 9, 9), 0, torch.float32, True, 20000),
-]
+# --- the plan ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", SCHEDULES, ids=lambda c: "x".join(map(str, c[0])) + f"_w{c[4]}")
-@pytest.mark.parametrize("backward,mask", [(False, False), (True, False), (True, True)])
-def test_every_wait_points_to_earlier_tickets(case, backward, mask):
-    # The deadlock-freedom argument of the persistent kernels: each item once, and
-    # everything an item waits for has a smaller ticket.
-    shape, R, dtype, cl, wave_bytes = case
-    bad, stages, waves, _ = EMU.schedule(shape, R, dtype, cl, backward, mask,
-                                         wave_bytes=wave_bytes)
-    assert bad == 0
-    plan = EMU.plan(shape, R, dtype, cl, backward, wave_bytes=wave_bytes)
-    assert plan.total == stages.numel() and plan.waves >= 1
-    if not backward and plan.waves > 1:
-        # wave g+1 is squeezed before wave g is scaled: the excitation of wave g
-        # overlaps streaming, and wave g is scaled right after that (still in L2)
-        first = {}
-        for t, (s, w) in enumerate(zip(stages.tolist(), waves.tolist())):
-            first.setdefault((s, w), t)
-        assert first[(0, 1)] < first[(3, 0)]
+@pytest.mark.parametrize("shape,dtype,cl", [
+    ((2, 2048, 7, 7), torch.float32, False), ((3, 5, 7, 7), torch.float16, False),
+    ((1, 3, 70, 70), torch.float32, False), ((4, 40, 1, 1), torch.bfloat16, False),
+    ((37, 64, 14, 14), torch.bfloat16, True), ((33, 100, 9, 9), torch.float64, True),
+], ids=str)
+def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
+    N, C, H, W = shape
+    R = 8
+    p = EMU.plan(shape, R, dtype, cl)
+    esize = torch.empty(0, dtype=dtype).element_size()
+    assert p.grid1 == N * p.CTn * p.Tp  # one block per tile
+    assert p.CTn == -(-C // p.CTw) and p.CG % p.CTw == 0 and p.CGn == -(-p.CTn // (p.CG // p.CTw))
+    if not cl:  # channel tiles start on 16-byte granules, whatever the alignment
+        assert p.CTw * H * W * esize % 16 == 0
+    else:
+        assert p.Tp == -(-(H * W) // (4 * 256 // (p.CTw * esize // 16)))
+    assert p.M2 == min(N, 4 if dtype == torch.float64 else 8) and p.grid2 == -(-N // p.M2) * p.CTn * p.Tp
+    assert p.keep and not p.reverse
+    small = EMU.plan(shape, R, dtype, cl, l2_bytes=2)
+    assert not small.keep and small.reverse and small.grid1 == p.grid1
+    bwd = EMU.plan(shape, R, dtype, cl, backward=True)
+    assert bwd.grid2 == bwd.grid1 // N * -(-N // bwd.M2) + -(-R // 32) * -(-C // 32) + -(-C // 32)
+
+
+# --- oracles ---------------------------------------------------------------------------
+# se_fused.reference (the oracle) covers relu/silu and two layers; the hardswish and
+# gelu activations and the one-layer form are checked against the same formulas in
+# float64 autograd below, until the reference gains them (branch zoo-op).
+
+REFERENCE_ACTS = ("relu", "silu")
+GATE_FNS = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}
+
+
+def _in_reference(d, act):
+    return act in REFERENCE_ACTS and d["w2"] is not None
+
+
+def _f64_forward(d, act, gate, x=None):
+    """(x, z, a1, a2, s) in float64 autograd, from d's parameters."""
+    x = (d["x"] if x is None else x).double()
+    w1, b1, w2, b2 = (None if t is None else t.double().requires_grad_() for t in params(d))
+    z = x.mean(dim=(2, 3))
+    a1 = z @ w1.t() + (0 if b1 is None else b1)
+    a2 = a1 if w2 is None else driver.ACT_FNS[act](a1) @ w2.t() + (0 if b2 is None else b2)
+    return x, z, a1, a2, GATE_FNS[gate](a2), (w1, b1, w2, b2)
+
+
+def oracle_forward(d, act, gate, out_act):
+    if _in_reference(d, act):
+        return reference.squeeze_excite(d["x"], *params(d), residual=d["residual"],
+                                        activation=act, gate=gate, out_activation=out_act)
+    x, _, _, _, s, _ = _f64_forward(d, act, gate)
+    y = x * s[:, :, None, None]
+    if d["residual"] is not None:
+        y = y + d["residual"].double()
+    if out_act == "relu":
+        y = torch.relu(y)
+    return y.detach()
+
+
+def oracle_pre(d, act):
+    """[a1 | a2] in float64, the layers' outputs before act and gate."""
+    _, _, a1, a2, _, _ = _f64_forward(d, act, "sigmoid")
+    return torch.cat([a1, a2], dim=1).detach()
+
+
+def oracle_backward(d, y, act, gate, x=None):
+    """Float64 gradients (grad_x, grad_residual or None, gw1, gb1, gw2, gb2); the mask
+    follows torch.relu (blocked only where y <= 0)."""
+    x = d["x"] if x is None else x
+    g = d["grad_y"].double()
+    if y is not None:
+        g = torch.where(y.double() <= 0, torch.zeros_like(g), g)
+    if _in_reference(d, act):
+        gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(
+            g, x.double(), None, None, *map(f64, params(d)), act, gate)
+    else:
+        xd = x.double().requires_grad_()
+        _, _, _, _, s, ps = _f64_forward(d, act, gate, x=xd)
+        want = [xd] + [t for t in ps if t is not None]
+        grads = list(torch.autograd.grad(xd * s[:, :, None, None], want, g))
+        gx = grads.pop(0)
+        gw1 = grads.pop(0)
+        gb1 = grads.pop(0) if ps[1] is not None else None
+        gw2 = grads.pop(0) if ps[2] is not None else None
+        gb2 = grads.pop(0) if ps[3] is not None else None
+        gres = g
+    return gx, (gres if y is not None else None), gw1, gb1, gw2, gb2
 
 
 # --- forward ---------------------------------------------------------------------------
@@ -118,9 +188,10 @@ FORWARD_CASES = [
     ((3, 24, 8, 8), 6, torch.float16, "nchw", True, "relu", "silu", "sigmoid"),
     ((3, 24, 8, 8), 6, torch.bfloat16, "channels_last", False, None, "relu", "hardsigmoid"),
     ((3, 24, 8, 8), 6, torch.float64, "nchw", True, None, "silu", "sigmoid"),
+    ((3, 24, 8, 8), 6, torch.float32, "nchw", True, "relu", "hardswish", "sigmoid"),
+    ((3, 24, 8, 8), 6, torch.bfloat16, "channels_last", False, None, "gelu", "hardsigmoid"),
     ((2, 2048, 7, 7), 128, torch.float32, "nchw", False, None, "relu", "sigmoid"),
     ((2, 2048, 7, 7), 128, torch.float32, "channels_last", True, "relu", "relu", "sigmoid"),
-    ((2, 1152, 7, 7), 48, torch.float32, "nchw", False, None, "silu", "sigmoid"),
     ((2, 1152, 7, 7), 48, torch.bfloat16, "channels_last", False, None, "silu", "sigmoid"),
     ((2, 520, 9, 9), 32, torch.bfloat16, "channels_last", True, "relu", "relu", "sigmoid"),
     ((2, 520, 9, 9), 32, torch.bfloat16, "nchw", False, None, "relu", "sigmoid"),
@@ -132,44 +203,52 @@ FORWARD_CASES = [
     ((3, 5, 7, 7), 2, torch.float16, "nchw", False, None, "relu", "sigmoid"),  # no granules
     ((2, 3, 5, 7), 1, torch.float32, "channels_last", True, "relu", "relu", "sigmoid"),
     ((5, 300, 3, 3), 0, torch.float32, "channels_last", False, None, "relu", "sigmoid"),  # R = 0
+    ((11, 20, 5, 5), 5, torch.float32, "nchw", False, None, "silu", "sigmoid"),  # 2 sample tiles
 ]
 
 
 def _fid(c):
-    return f"{'x'.join(map(str, c[0]))}_R{c[1]}_{str(c[2])[6:]}_{c[3]}{'_res' if c[4] else ''}"
+    return (f"{'x'.join(map(str, c[0]))}_R{c[1]}_{str(c[2])[6:]}_{c[3]}{'_res' if c[4] else ''}"
+            f"_{c[6]}")
+
+
+def check_forward(d, kw, dtype, run):
+    y, z, pre = emu_forward(d, kw, **run)
+    y_ref = oracle_forward(d, kw["activation"], kw["gate"], kw["out_activation"])
+    assert y.stride() == d["x"].stride()
+    close(y, y_ref, dtype, "y")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    close(z, d["x"].double().mean(dim=(2, 3)), acc, "z")
+    R = d["w1"].shape[0]
+    assert pre.dtype == acc and pre.shape == (d["x"].shape[0], R + d["x"].shape[1])
+    close(pre, oracle_pre(d, kw["activation"]), acc, "pre")
+    return y, z, pre
 
 
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=_fid)
 def test_forward_matches_reference(case):
     shape, R, dtype, layout, residual, out_act, act, gate = case
     d = make(shape, R, dtype, LAYOUTS[layout], residual=residual)
-    kw = dict(activation=act, gate=gate, out_activation=out_act)
-    y, z, pre = emu_forward(d, kw, **SMALL_WAVES)
-    y_ref = reference.squeeze_excite(d["x"], *params(d), residual=d["residual"], **kw)
-    assert y.stride() == y_ref.stride()
-    close(y, y_ref, dtype, "y")
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    close(z, d["x"].double().mean(dim=(2, 3)), acc, "z")
-    assert pre.dtype == acc and pre.shape == (shape[0], R + shape[1])
-    close(pre, reference_pre(d, act), acc, "pre")
+    check_forward(d, dict(activation=act, gate=gate, out_activation=out_act), dtype, SMALL)
 
 
-def reference_pre(d, act):
-    """[a1 | a2] in float64, the layers' outputs before act and gate."""
-    z = d["x"].double().mean(dim=(2, 3))
-    w1, b1, w2, b2 = map(f64, params(d))
-    a1 = z @ w1.t() + (0 if b1 is None else b1)
-    h = torch.relu(a1) if act == "relu" else torch.nn.functional.silu(a1)
-    return torch.cat([a1, h @ w2.t() + (0 if b2 is None else b2)], dim=1)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_one_layer_forward_matches_reference(layout, dtype):
+    # effective SE: s = gate(W1 z + b1), w1 (C, C); pre = [a1 | a1]
+    d = make((3, 40, 6, 6), 0, dtype, LAYOUTS[layout], residual=True, one_layer=True)
+    kw = dict(activation="relu", gate="hardsigmoid", out_activation="relu")
+    _, _, pre = check_forward(d, kw, dtype, SMALL)
+    assert torch.equal(pre[:, :40], pre[:, 40:])
 
 
 def test_forward_in_place_writes_y_over_x():
     for layout in LAYOUTS.values():
         d = make((3, 40, 9, 9), 10, torch.bfloat16, layout, residual=True)
         kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
-        y, z, pre = emu_forward(d, kw, **SMALL_WAVES)
+        y, z, pre = emu_forward(d, kw, **SMALL)
         x = d["x"].clone()
-        y2, z2, pre2 = emu_forward(d, kw, x=x, inplace=True, **SMALL_WAVES)
+        y2, z2, pre2 = emu_forward(d, kw, x=x, inplace=True, **SMALL)
         assert y2.data_ptr() == x.data_ptr()
         assert torch.equal(x, y) and torch.equal(z2, z) and torch.equal(pre2, pre)
 
@@ -182,30 +261,23 @@ BACKWARD_CASES = [
     ((3, 24, 8, 8), 6, torch.float32, "channels_last", True, "silu", "hardsigmoid"),
     ((3, 24, 8, 8), 6, torch.bfloat16, "nchw", True, "relu", "sigmoid"),
     ((3, 24, 8, 8), 6, torch.float16, "channels_last", False, "silu", "sigmoid"),
+    ((3, 24, 8, 8), 6, torch.float32, "channels_last", True, "hardswish", "sigmoid"),
+    ((3, 24, 8, 8), 6, torch.float32, "nchw", False, "gelu", "hardsigmoid"),
     ((2, 2048, 7, 7), 128, torch.float32, "nchw", False, "relu", "sigmoid"),
     ((2, 1152, 7, 7), 48, torch.float32, "channels_last", True, "silu", "sigmoid"),
     ((2, 520, 9, 9), 32, torch.bfloat16, "channels_last", False, "relu", "sigmoid"),
     ((1, 3, 70, 70), 2, torch.float32, "nchw", True, "relu", "hardsigmoid"),
     ((2, 9, 2, 2), 3, torch.float32, "nchw", True, "relu", "sigmoid"),
     ((3, 5, 7, 7), 2, torch.float16, "nchw", False, "relu", "sigmoid"),
-    ((20, 16, 4, 4), 4, torch.float32, "nchw", False, "silu", "sigmoid"),  # > 16 samples
+    ((20, 16, 4, 4), 4, torch.float32, "nchw", False, "silu", "sigmoid"),  # 3 sample tiles
     ((5, 300, 3, 3), 0, torch.float32, "channels_last", False, "relu", "sigmoid"),
+    ((2, 40, 1, 1), 10, torch.float32, "nchw", True, "silu", "sigmoid"),  # H*W = 1
 ]
 
 
 def _bid(c):
-    return f"{'x'.join(map(str, c[0]))}_R{c[1]}_{str(c[2])[6:]}_{c[3]}{'_mask' if c[4] else ''}"
-
-
-def reference_backward(d, y, act, gate, x=None):
-    """Float64 gradients; the mask follows torch.relu (blocked only where y <= 0)."""
-    x = d["x"] if x is None else x
-    g = d["grad_y"].double()
-    if y is not None:
-        g = torch.where(y.double() <= 0, torch.zeros_like(g), g)
-    gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(
-        g, x.double(), None, None, *map(f64, params(d)), act, gate)
-    return gx, (gres if y is not None else None), gw1, gb1, gw2, gb2
+    return (f"{'x'.join(map(str, c[0]))}_R{c[1]}_{str(c[2])[6:]}_{c[3]}{'_mask' if c[4] else ''}"
+            f"_{c[5]}")
 
 
 def check_grads(out, ref, dtype, tol=None):
@@ -222,15 +294,40 @@ def check_grads(out, ref, dtype, tol=None):
             close(a, b, dtype if dtype != torch.float64 else acc, name, tol)
 
 
+def emu_backward(d, y, z, kw, mask, pre, x=None, **run):
+    return EMU.backward(d["grad_y"], d["x"] if x is None else x, z, y if mask else None,
+                        *params(d), kw["activation"], kw["gate"], mask, pre=pre, **run)
+
+
 @pytest.mark.parametrize("case", BACKWARD_CASES, ids=_bid)
 def test_backward_matches_reference(case):
     shape, R, dtype, layout, mask, act, gate = case
     d = make(shape, R, dtype, LAYOUTS[layout])
     kw = dict(activation=act, gate=gate, out_activation="relu" if mask else None)
-    y, z, _ = emu_forward(d, kw)
-    out = EMU.backward(d["grad_y"], d["x"], z, y if mask else None, *params(d), act, gate, mask,
-                       **SMALL_WAVES)
-    check_grads(out, reference_backward(d, y if mask else None, act, gate), dtype)
+    y, z, pre = emu_forward(d, kw)
+    out = emu_backward(d, y, z, kw, mask, pre, **SMALL)
+    check_grads(out, oracle_backward(d, y if mask else None, act, gate), dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_layer_backward_matches_reference(layout):
+    d = make((3, 40, 6, 6), 0, torch.float32, LAYOUTS[layout], one_layer=True)
+    kw = dict(activation="relu", gate="sigmoid", out_activation="relu")
+    y, z, pre = emu_forward(d, kw)
+    out = emu_backward(d, y, z, kw, True, pre, **SMALL)
+    assert out[4] is None and out[5] is None
+    check_grads(out, oracle_backward(d, y, "relu", "sigmoid"), torch.float32)
+
+
+def test_backward_without_pre_recomputes_it():
+    # se_backward called without pre: the host computes [a1 | a2] from z (pre_from_z)
+    d = make((4, 48, 5, 5), 12, torch.float32, torch.channels_last)
+    kw = dict(activation="gelu", gate="sigmoid", out_activation=None)
+    y, z, pre = emu_forward(d, kw)
+    out = emu_backward(d, y, z, kw, False, None, **SMALL)
+    check_grads(out, oracle_backward(d, None, "gelu", "sigmoid"), torch.float32)
+    with_pre = emu_backward(d, y, z, kw, False, pre, **SMALL)
+    check_grads(out, with_pre, torch.float32)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -239,35 +336,34 @@ def test_y_only_backward_matches_reference(layout, gate):
     # x_is_output: the kernels sum g*y and gate_input_grad recovers da2 from it
     d = make((4, 48, 6, 6), 12, torch.float32, LAYOUTS[layout])
     kw = dict(activation="silu", gate=gate, out_activation=None)
-    y, z, _ = emu_forward(d, kw)
+    y, z, pre = emu_forward(d, kw)
     out = EMU.backward(d["grad_y"], y, z, None, *params(d), "silu", gate, False,
-                       x_is_output=True, **SMALL_WAVES)
-    check_grads(out, reference_backward(d, None, "silu", gate), torch.float32)
+                       x_is_output=True, pre=pre, **SMALL)
+    check_grads(out, oracle_backward(d, None, "silu", gate), torch.float32)
 
 
 def test_float64_gradients_to_1e_12_with_the_sigmoid_gate():
     # a float32 accumulation anywhere would show at ~1e-7
-    d = make((3, 40, 5, 5), 10, torch.float64, torch.channels_last)
-    kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
-    y, z, _ = emu_forward(d, kw, **SMALL_WAVES)
-    close(y, reference.squeeze_excite(d["x"], *params(d), **kw), torch.float64, "y",
-          dict(atol=1e-12, rtol=1e-12))
-    out = EMU.backward(d["grad_y"], d["x"], z, y, *params(d), "silu", "sigmoid", True,
-                       **SMALL_WAVES)
-    check_grads(out, reference_backward(d, y, "silu", "sigmoid"), torch.float64,
-                dict(atol=1e-12, rtol=1e-12))
+    tol = dict(atol=1e-12, rtol=1e-12)
+    for layout in LAYOUTS.values():
+        d = make((5, 40, 5, 5), 10, torch.float64, layout)
+        kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
+        y, z, pre = emu_forward(d, kw, **SMALL)
+        close(y, reference.squeeze_excite(d["x"], *params(d), **kw), torch.float64, "y", tol)
+        out = emu_backward(d, y, z, kw, True, pre, **SMALL)
+        check_grads(out, oracle_backward(d, y, "silu", "sigmoid"), torch.float64, tol)
 
 
 def test_output_relu_mask_lets_nan_through_like_torch_relu():
     d = make((2, 16, 4, 4), 4, torch.float32)
-    y, z, _ = emu_forward(d, dict(activation="relu", gate="sigmoid", out_activation="relu"))
+    kw = dict(activation="relu", gate="sigmoid", out_activation="relu")
+    y, z, pre = emu_forward(d, kw)
     y = y.clone()
     y[0, 3, 1, 2] = float("nan")
     y[1, 5, 0, 0] = float("nan")
     y[1, 6, 2, 2] = 0.0
-    out = EMU.backward(d["grad_y"], d["x"], z, y, *params(d), "relu", "sigmoid", True)
-    ref = reference_backward(d, y, "relu", "sigmoid")
-    check_grads(out, ref, torch.float32)
+    out = emu_backward(d, y, z, kw, True, pre)
+    check_grads(out, oracle_backward(d, y, "relu", "sigmoid"), torch.float32)
     gres = out[1]
     assert gres[0, 3, 1, 2] == d["grad_y"][0, 3, 1, 2] and gres[1, 6, 2, 2] == 0
 
@@ -277,12 +373,11 @@ def test_nan_in_one_sample_stays_in_that_sample():
         d = make((3, 32, 6, 6), 8, torch.float32, layout)
         d["x"][1, 4, 2, 3] = float("nan")
         kw = dict(activation="relu", gate="sigmoid", out_activation=None)
-        y, z, _ = emu_forward(d, kw, **SMALL_WAVES)
+        y, z, pre = emu_forward(d, kw, **SMALL)
         y_ref = reference.squeeze_excite(d["x"], *params(d), **kw)
         torch.testing.assert_close(y, y_ref, equal_nan=True, **TOL[torch.float32])
         assert torch.isnan(y[1]).any() and not torch.isnan(y[[0, 2]]).any()
-        gx = EMU.backward(d["grad_y"], d["x"], z, None, *params(d), "relu", "sigmoid", False,
-                          **SMALL_WAVES)[0]
+        gx = emu_backward(d, y, z, kw, False, pre, **SMALL)[0]
         assert torch.isnan(gx[1]).any() and not torch.isnan(gx[[0, 2]]).any()
 
 
@@ -303,26 +398,29 @@ def _misaligned(t):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_bits_do_not_depend_on_grid_waves_interleaving_or_alignment(layout, dtype):
-    # The summation orders depend on the shape only: 1 block and one wave, 3 blocks
-    # and a wave per sample (random interleaving), and element-wise loads of
-    # misaligned copies all give the same bits.
-    d = make((5, 72, 9, 9), 18, dtype, LAYOUTS[layout], residual=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_bits_do_not_depend_on_block_order_batching_l2_or_alignment(layout, dtype):
+    # The summation orders depend on the shape only: one block resident at a time,
+    # several interleaving in other orders, launch 2 with 1 to 8 samples a block, tiles
+    # walked forward or backward (L2 size), and element-wise loads of misaligned copies
+    # (no granules) all give the same bits, for the forward and the backward alike.
+    d = make((9, 72, 9, 9), 18, dtype, LAYOUTS[layout], residual=True)
     kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
-    runs = [dict(grid=1, wave_bytes=1 << 40, seed=0), dict(grid=3, wave_bytes=512, seed=1),
-            dict(grid=2, wave_bytes=30000, seed=2)]
+    runs = [dict(concurrency=1, seed=0), dict(concurrency=3, samples2=1, l2_bytes=2, seed=1),
+            dict(concurrency=2, samples2=3, seed=2)]
     first = None
-    for i, run in enumerate(runs + [dict(grid=3, wave_bytes=512, seed=3)]):
+    for i, run in enumerate(runs + [dict(concurrency=3, samples2=2, l2_bytes=2, seed=3)]):
         x, res, gy = d["x"], d["residual"], d["grad_y"]
         if i == len(runs):
             x, res, gy = _misaligned(x), _misaligned(res), _misaligned(gy)
         y, z, pre = EMU.forward(x, *params(d), res, "silu", "sigmoid", "relu", **run)
-        grads = EMU.backward(gy, x, z, y, *params(d), "silu", "sigmoid", True, **run)
-        outs = [y.contiguous(), z, pre] + [g.contiguous() for g in grads]
+        fwd = [y.contiguous(), z, pre]
+        grads = EMU.backward(gy, x, z, y, *params(d), "silu", "sigmoid", True, pre=pre, **run)
+        bwd = [g.contiguous() for g in grads]
         if first is None:
-            first = outs
+            first = (fwd, bwd)
             close(y, reference.squeeze_excite(d["x"], *params(d), residual=res, **kw), dtype, "y")
-        else:
-            for a, b in zip(outs, first):
-                assert torch.equal(a, b), run
+            continue
+        for which, outs, base in (("forward", fwd, first[0]), ("backward", bwd, first[1])):
+            for k, (a, b) in enumerate(zip(outs, base)):
+                assert torch.equal(a, b), (which, k, run)

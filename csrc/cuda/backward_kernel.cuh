@@ -1,13 +1,17 @@
-// se_backward_kernel: the whole backward in one persistent launch (plus the
-// memset of its counters). Per group g of the ticket order: fc1 recomputed from z
-// for wave g, reduce tiles of wave g (sum g*v), map tiles of wave g-1, gate and dz
-// tiles of wave g; after the last wave, the weight gradients next to the last map
-// tiles. grad_y and y cross HBM once when a wave's share of them fits its L2 budget.
+// The backward in two launches (plus the memset of the counters before them):
+//   se_reduce_kernel: one block per streaming tile sums g*v (g masked by the
+//     output relu) into per-channel pieces; the last tile of a (sample tile,
+//     channel group) finalizes da2 and the group's share of dh; the last group of
+//     a sample tile finalizes da1 and h (small_layers.cuh). No block waits.
+//   se_map_kernel: one block per (M2 samples, channel tile, part) computes s and
+//     dz / HW for its pairs and writes grad_x = g * s + dz / HW (and grad_residual
+//     = g); further blocks of the same launch compute the weight gradients.
+// grad_y and the mask are kept in L2 by the first launch when they fit, else the
+// map walks its tiles from the end.
 #pragma once
 
 #include "backward_map.cuh"
 #include "forward_kernel.cuh"
-#include "weight_grads.cuh"
 
 namespace se_fused {
 namespace cuda {
@@ -21,12 +25,12 @@ struct BackwardParams {
   const T* mask;  // y when the output relu was applied, else nullptr
   T* gx;
   T* gres;        // nullptr: not wanted
-  const acc_t* z;
   Layers<acc_t> layers;
   Pieces<acc_t> pieces;
-  BackwardExcite<acc_t> bx;
+  Excite<acc_t> ex;
   WeightGrads<acc_t> wg;
   uint32_t* counters;
+  bool from_y;
 };
 
 template <typename T>
@@ -41,82 +45,68 @@ inline BackwardParams<T> backward_params(const BackwardLaunch& l) {
   b.mask = static_cast<const T*>(l.mask);
   b.gx = static_cast<T*>(l.gx);
   b.gres = static_cast<T*>(l.gres);
-  b.z = static_cast<const acc_t*>(l.z);
   b.layers = layers_of<acc_t>(l);
   b.pieces = pieces_of(p, ws);
-  b.bx.fwd = {ws + p.ws_a1p, ws + p.ws_a1, ws + p.ws_h, ws + p.ws_s, nullptr};
-  b.bx.da2 = ws + p.ws_da2;
-  b.bx.dhp = ws + p.ws_dhp;
-  b.bx.da1 = ws + p.ws_da1;
-  b.bx.dzs = ws + p.ws_dzs;
-  b.bx.from_y = l.from_y;
+  // z and pre are inputs here: never written by the backward's kernels.
+  b.ex = {const_cast<acc_t*>(static_cast<const acc_t*>(l.z)),
+          const_cast<acc_t*>(static_cast<const acc_t*>(l.pre)),
+          ws + p.ws_p, ws + p.ws_h, ws + p.ws_da2, ws + p.ws_da1};
   b.wg = {static_cast<acc_t*>(l.gw1), static_cast<acc_t*>(l.gb1), static_cast<acc_t*>(l.gw2),
-          static_cast<acc_t*>(l.gb2), b.z};
+          static_cast<acc_t*>(l.gb2)};
   b.counters = l.counters;
+  b.from_y = l.from_y;
   return b;
 }
 
-// Layout and the output-relu mask are template parameters, as in the forward.
 template <typename T, bool CL, bool HasMask>
-__global__ void __launch_bounds__(kThreads, MinBlocks<T>::value)
-    se_backward_kernel(const BackwardParams<T> p) {
+__global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
+    se_reduce_kernel(const BackwardParams<T> p) {
   using acc_t = typename AccOf<T>::type;
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
+  volatile uint32_t* flag = reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes);
   const Plan& P = p.plan;
-  run_tickets(P, p.counters, smem, [&](const Item& it, volatile uint32_t* flag) {
-    const int w = it.wave;
-    switch (it.stage) {
-      case kBwdFc1: {
-        fc1_tile<acc_t>(
-            P, p.layers, p.bx.fwd, p.counters, w, it.index,
-            [&](int64_t n, int64_t c) { return load_ro(p.z + n * P.C + c); },
-            static_cast<acc_t*>(nullptr), smem, flag);
-        signal_done(p.counters + P.done_index(kBwdFc1, w));
-        break;
-      }
-      case kBwdReduce: {
-        const int64_t n = P.wave_begin(w) + it.index / uint32_t(P.st.per_sample);
-        const uint32_t tile = it.index % uint32_t(P.st.per_sample);
-        const GradSource<T, acc_t, HasMask> src{p.gy, p.v, p.mask};
-        if constexpr (CL) {
-          reduce_tile_cl<acc_t>(P, src, n, tile, p.pieces, smem);
-        } else {
-          reduce_tile_nchw<acc_t>(P, src, n, tile, p.pieces, smem);
-        }
-        signal_done(p.counters + P.done_index(kBwdReduce, w));
-        break;
-      }
-      case kBwdGate: {
-        wait_dependencies(P, it, p.counters);
-        gate_tile<CL, acc_t>(P, p.layers, p.bx, p.pieces, p.counters, w, it.index, smem, flag);
-        signal_done(p.counters + P.done_index(kBwdGate, w));
-        break;
-      }
-      case kBwdDz: {
-        wait_dependencies(P, it, p.counters);
-        dz_tile<acc_t>(P, p.layers, p.bx, w, it.index, smem);
-        signal_done(p.counters + P.done_index(kBwdDz, w));
-        break;
-      }
-      case kBwdMap: {
-        const int64_t n = P.wave_begin(w) + it.index / uint32_t(P.st.per_sample);
-        const uint32_t tile = it.index % uint32_t(P.st.per_sample);
-        auto wait = [&]() { wait_dependencies(P, it, p.counters); };
-        map_tile<T, acc_t, CL, HasMask>(P, p.gy, p.mask, p.gx, p.gres, p.bx.fwd.s, p.bx.dzs, n, tile, smem,
-                           wait);
-        break;
-      }
-      case kBwdWeights: {
-        for (int v = 0; v < P.W; ++v) {
-          wait_at_least(p.counters + P.done_index(kBwdGate, v), uint32_t(P.count(kBwdGate, v)));
-        }
-        weight_grad_tile<acc_t>(P, p.bx, p.wg, it.index, smem);
-        break;
-      }
-      default:
-        break;
-    }
-  });
+  int64_t n, ct, part;
+  P.tile_of(blockIdx.x, &n, &ct, &part);
+  const GradSource<T, acc_t, HasMask> src{p.gy, p.v, p.mask,
+                                          l2_policy(P.keep ? L2Hint::Keep : L2Hint::Normal)};
+  if constexpr (CL) {
+    reduce_tile_cl<acc_t>(P, src, n, ct, part, p.pieces, smem);
+  } else {
+    reduce_tile_nchw<acc_t>(P, src, n, ct, part, p.pieces, smem);
+  }
+  last_arrivals(
+      P, n, ct, p.counters, flag, !P.one_layer,
+      [&](int64_t st, int64_t cg) {
+        backward_group<CL, acc_t>(P, p.layers, p.ex, p.pieces, p.from_y, st, cg, smem);
+      },
+      [&](int64_t st) { backward_sample<acc_t>(P, p.layers, p.ex, st); });
+}
+
+template <typename T, bool CL, bool HasMask>
+__global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
+    se_map_kernel(const BackwardParams<T> p) {
+  using acc_t = typename AccOf<T>::type;
+  constexpr int V = Width<T>::value;
+  SE_BLOCK_SHARED(smem, kSmemBytes + 16);
+  const Plan& P = p.plan;
+  if (int64_t(blockIdx.x) >= P.grid2_tiles) {
+    weight_grad_tile<acc_t>(P, p.ex, p.wg, int64_t(blockIdx.x) - P.grid2_tiles);
+    return;
+  }
+  int64_t sb, ct, part;
+  scale_block(P, &sb, &ct, &part);
+  const int64_t n0 = sb * P.M2;
+  const int M = int(P.samples_in(n0, P.M2));
+  const TileFrame<CL, V> f(P, n0, ct, part);
+  if (f.nch == 0) return;
+  acc_t* s_sm = reinterpret_cast<acc_t*>(smem);  // [M][nch]
+  acc_t* d_sm = s_sm + M * f.nch;                 // [M][nch]
+  backward_consts<acc_t>(P, p.layers, p.ex, n0, M, f.cb, f.nch, s_sm, d_sm);
+  __syncthreads();
+  for (int m = 0; m < M; ++m) {
+    map_tile<T, acc_t, CL, HasMask>(P, p.gy, p.mask, p.gx, p.gres, s_sm + m * f.nch,
+                                    d_sm + m * f.nch, n0 + m, ct, part);
+  }
 }
 
 }  // namespace cuda

@@ -1,9 +1,9 @@
 // Backward reduce tiles: d[n, c] = sum over H*W of g * v, with g = grad_y masked
 // by the output relu (torch.relu's rule: blocked only where y <= 0, so NaN
 // passes) and v = x, or y for the y-only backward (x_is_output). Same tiles and
-// pieces as the squeeze (squeeze.cuh); the products are staged in the
-// accumulation type, 16 KB a tile (4096 elements), 2 granules of each tensor a
-// thread in flight (4 to 6 loads).
+// pieces as the squeeze (squeeze.cuh); the products (each rounded on its own, in
+// both paths) are staged in the accumulation type, 16 KB a tile (4096 elements),
+// 2 granules of each tensor a thread in flight (4 to 6 loads).
 #pragma once
 
 #include "squeeze.cuh"
@@ -29,20 +29,21 @@ struct GradSource {
   const T* gy;
   const T* v;
   const T* mask;  // y when the output relu was applied, else nullptr
-  uint64_t keep = l2_keep_policy();
+  uint64_t keep;  // grad_y and the mask: Keep when launch 2's re-read hits L2, else Normal
+  uint64_t last = l2_policy(L2Hint::Last);
 
-  // grad_y and y are read again by the map of this wave; v is not.
+  // grad_y and y are read again by launch 2; v is not.
   SE_DEV Loaded load(int64_t off) const {
     Loaded l;
-    l.g = load16<L2Hint::Keep>(gy + off, keep);
-    l.v = load16<L2Hint::Last>(v + off);
-    if (HasMask) l.m = load16<L2Hint::Keep>(mask + off, keep);
+    l.g = load16(gy + off, keep);
+    l.v = load16(v + off, last);
+    if (HasMask) l.m = load16(mask + off, keep);
     return l;
   }
   SE_DEV acc_t scalar(int64_t off) const {
     acc_t g = static_cast<acc_t>(load1(gy + off));
     if (HasMask) g = masked_grad<T, acc_t>(g, static_cast<acc_t>(load1(mask + off)));
-    return g * static_cast<acc_t>(load1(v + off));
+    return se_mul(g, static_cast<acc_t>(load1(v + off)));
   }
   SE_DEV void terms(const Loaded& l, acc_t* e) const {
     acc_t g[V], x[V];
@@ -55,7 +56,7 @@ struct GradSource {
       for (int k = 0; k < V; ++k) g[k] = masked_grad<T, acc_t>(g[k], m[k]);
     }
 #pragma unroll
-    for (int k = 0; k < V; ++k) e[k] = g[k] * x[k];
+    for (int k = 0; k < V; ++k) e[k] = se_mul(g[k], x[k]);
   }
   SE_DEV void stage(const Loaded& l, staged_t* dst) const {
     acc_t e[V];

@@ -1,46 +1,20 @@
-// se_forward_kernel: the whole forward in one persistent launch (plus the memset
-// that zeroes its counters). Blocks claim work items by ticket (schedule.cuh):
-// squeeze tiles of wave g, scale tiles of wave g-1, fc1 and fc2 tiles of wave g,
-// then the next group. A wave is a few MB of samples (a quarter of L2), so the
-// scale reads x again from L2 and x crosses HBM once.
+// The forward in two launches (plus the memset of the counters before them):
+//   se_squeeze_kernel: one block per streaming tile sums x into per-channel
+//     pieces; the last tile of a (sample tile, channel group) finalizes z and the
+//     group's share of fc1; the last group of a sample tile finalizes a1 and h
+//     (small_layers.cuh). No block waits for another.
+//   se_scale_kernel: one block per (M2 samples, channel tile, part) computes s for
+//     its pairs and writes y = x * s (+ residual) (relu). When x fits in L2, the
+//     first launch kept it there; otherwise this one walks its tiles from the end,
+//     where the first launch finished, so it re-reads what is still in L2 first.
 #pragma once
 
-#include "excitation.cuh"
 #include "launch.h"
 #include "scale.cuh"
+#include "small_layers.cuh"
 
 namespace se_fused {
 namespace cuda {
-
-// The ticket loop of both persistent kernels. The next ticket is claimed while the
-// current item runs (its latency is hidden); the deadlock argument in
-// se_cuda_common.cuh holds since the next ticket is larger than the current one.
-template <typename Run>
-SE_DEV void run_tickets(const Plan& p, uint32_t* counters, unsigned char* smem, const Run& run) {
-  volatile uint32_t* sh = reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes);
-  if (threadIdx.x == 0) sh[0] = claim_ticket(counters);
-  __syncthreads();
-  uint32_t t = sh[0];
-  while (int64_t(t) < p.total) {
-    uint32_t next = 0;
-    if (threadIdx.x == 0) next = claim_ticket(counters);
-    run(p.decode(t), sh + 1);
-    __syncthreads();  // the item's shared memory and sh[0] are free again
-    if (threadIdx.x == 0) sh[0] = next;
-    __syncthreads();
-    t = sh[0];
-  }
-}
-
-SE_DEV void wait_dependencies(const Plan& p, const Item& it, const uint32_t* counters) {
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    int stage, w;
-    if (p.dependency(it, i, &stage, &w)) {
-      wait_at_least(counters + p.done_index(stage, w), uint32_t(p.count(stage, w)));
-    }
-  }
-}
 
 template <typename T>
 struct ForwardParams {
@@ -49,25 +23,12 @@ struct ForwardParams {
   const T* x;
   const T* res;  // nullptr: no residual
   T* y;          // may be x (in place)
-  acc_t* z;      // (N, C) output
   Layers<acc_t> layers;
   Pieces<acc_t> pieces;
   Excite<acc_t> ex;
   uint32_t* counters;
   bool relu;
 };
-
-// The small layers' parameters and the squeeze pieces of a launch (either pass).
-template <typename acc_t, typename Launch>
-inline Layers<acc_t> layers_of(const Launch& l) {
-  return {static_cast<const acc_t*>(l.w1), static_cast<const acc_t*>(l.b1),
-          static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), Act(l.act),
-          Gate(l.gate)};
-}
-template <typename acc_t>
-inline Pieces<acc_t> pieces_of(const Plan& p, acc_t* ws) {
-  return {ws + p.ws_rowsum, ws + p.ws_edges, ws + p.ws_part};
-}
 
 template <typename T>
 inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
@@ -79,66 +40,69 @@ inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   f.x = static_cast<const T*>(l.x);
   f.res = static_cast<const T*>(l.res);
   f.y = static_cast<T*>(l.y);
-  f.z = static_cast<acc_t*>(l.z);
   f.layers = layers_of<acc_t>(l);
   f.pieces = pieces_of(p, ws);
-  f.ex = {ws + p.ws_a1p, nullptr, ws + p.ws_h, ws + p.ws_s, static_cast<acc_t*>(l.pre)};
+  f.ex = {static_cast<acc_t*>(l.z), static_cast<acc_t*>(l.pre), ws + p.ws_p, ws + p.ws_h,
+          nullptr, nullptr};
   f.counters = l.counters;
   f.relu = l.relu;
   return f;
 }
 
-// Layout and residual are template parameters (kernel_launch.cuh picks one of
-// four per dtype): a run-time switch between them in one persistent kernel would
-// keep every path's values live across the item loop and spill at 40 registers.
-template <typename T, bool CL, bool HasRes>
-__global__ void __launch_bounds__(kThreads, MinBlocks<T>::value)
-    se_forward_kernel(const ForwardParams<T> p) {
+// Launch 2's block b as (sample block, channel tile, part); reversed when the
+// first launch could not keep x in L2.
+SE_DEV void scale_block(const Plan& P, int64_t* sb, int64_t* ct, int64_t* part) {
+  int64_t b = blockIdx.x;
+  if (P.reverse) b = P.grid2_tiles - 1 - b;
+  *part = b % P.t.Tp;
+  const int64_t q = b / P.t.Tp;
+  *ct = q % P.t.CTn;
+  *sb = q / P.t.CTn;
+}
+
+template <typename T, bool CL>
+__global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
+    se_squeeze_kernel(const ForwardParams<T> p) {
   using acc_t = typename AccOf<T>::type;
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
+  volatile uint32_t* flag = reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes);
   const Plan& P = p.plan;
-  run_tickets(P, p.counters, smem, [&](const Item& it, volatile uint32_t* flag) {
-    const int w = it.wave;
-    switch (it.stage) {
-      case kSqueeze: {
-        const int64_t n = P.wave_begin(w) + it.index / uint32_t(P.st.per_sample);
-        const uint32_t tile = it.index % uint32_t(P.st.per_sample);
-        const XSource<T, acc_t> src{p.x};
-        if constexpr (CL) {
-          reduce_tile_cl<acc_t>(P, src, n, tile, p.pieces, smem);
-        } else {
-          reduce_tile_nchw<acc_t>(P, src, n, tile, p.pieces, smem);
-        }
-        signal_done(p.counters + P.done_index(kSqueeze, w));
-        break;
-      }
-      case kFc1: {
-        wait_dependencies(P, it, p.counters);
-        const acc_t inv_hw = static_cast<acc_t>(P.inv_hw);
-        fc1_tile<acc_t>(
-            P, p.layers, p.ex, p.counters, w, it.index,
-            [&](int64_t n, int64_t c) { return row_total<CL>(P, p.pieces, n, c) * inv_hw; }, p.z,
-            smem, flag);
-        signal_done(p.counters + P.done_index(kFc1, w));
-        break;
-      }
-      case kFc2: {
-        wait_dependencies(P, it, p.counters);
-        fc2_tile<acc_t>(P, p.layers, p.ex, w, it.index, smem);
-        signal_done(p.counters + P.done_index(kFc2, w));
-        break;
-      }
-      case kScale: {
-        const int64_t n = P.wave_begin(w) + it.index / uint32_t(P.st.per_sample);
-        const uint32_t tile = it.index % uint32_t(P.st.per_sample);
-        auto wait = [&]() { wait_dependencies(P, it, p.counters); };
-        scale_tile<T, acc_t, CL, HasRes>(P, p.x, p.res, p.y, p.ex.s, p.relu, n, tile, smem, wait);
-        break;
-      }
-      default:
-        break;
-    }
-  });
+  int64_t n, ct, part;
+  P.tile_of(blockIdx.x, &n, &ct, &part);
+  const XSource<T, acc_t> src{p.x, l2_policy(P.keep ? L2Hint::Keep : L2Hint::Normal)};
+  if constexpr (CL) {
+    reduce_tile_cl<acc_t>(P, src, n, ct, part, p.pieces, smem);
+  } else {
+    reduce_tile_nchw<acc_t>(P, src, n, ct, part, p.pieces, smem);
+  }
+  last_arrivals(
+      P, n, ct, p.counters, flag, true,
+      [&](int64_t st, int64_t cg) {
+        forward_group<CL, acc_t>(P, p.layers, p.ex, p.pieces, st, cg, smem);
+      },
+      [&](int64_t st) { forward_sample<acc_t>(P, p.layers, p.ex, st); });
+}
+
+template <typename T, bool CL, bool HasRes>
+__global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
+    se_scale_kernel(const ForwardParams<T> p) {
+  using acc_t = typename AccOf<T>::type;
+  constexpr int V = Width<T>::value;
+  SE_BLOCK_SHARED(smem, kSmemBytes + 16);
+  const Plan& P = p.plan;
+  int64_t sb, ct, part;
+  scale_block(P, &sb, &ct, &part);
+  const int64_t n0 = sb * P.M2;
+  const int M = int(P.samples_in(n0, P.M2));
+  const TileFrame<CL, V> f(P, n0, ct, part);
+  if (f.nch == 0) return;  // an empty part of the last channel tile (whole block)
+  acc_t* s_sm = reinterpret_cast<acc_t*>(smem);  // [M][nch]
+  forward_gates<acc_t>(P, p.layers, p.ex, n0, M, f.cb, f.nch, f.own_from(P, part), s_sm);
+  __syncthreads();
+  for (int m = 0; m < M; ++m) {
+    scale_tile<T, acc_t, CL, HasRes>(P, p.x, p.res, p.y, s_sm + m * f.nch, p.relu, n0 + m, ct,
+                                     part);
+  }
 }
 
 }  // namespace cuda

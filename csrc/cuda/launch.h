@@ -1,11 +1,11 @@
 // Between the ATen entry points (se_cuda_ops.cpp) and the kernel files
-// (forward.cu, backward.cu): a planned call as plain pointers, so the kernel
-// files need neither ATen nor torch headers.
+// (forward_<dtype>.cu, backward_<dtype>.cu): a planned call as plain pointers, so
+// the kernel files need neither ATen nor torch headers.
 #pragma once
 
 #include <cstdint>
 
-#include "schedule.h"
+#include "plan.h"
 
 #if !defined(SE_CUDA_EMULATION)
 #include <cuda_runtime_api.h>
@@ -24,7 +24,7 @@ struct ForwardLaunch {
   void* y;          // may equal x
   void* z;
   void* pre;        // (N, R + C): a1 | a2
-  const void *w1, *b1, *w2, *b2;  // accumulation type; biases may be nullptr
+  const void *w1, *b1, *w2, *b2;  // accumulation type; biases (and w2 for one layer) may be nullptr
   int act, gate;
   bool relu;
   void* workspace;     // plan.ws_size accumulation-type elements
@@ -40,8 +40,9 @@ struct BackwardLaunch {
   void* gx;
   void* gres;        // nullptr: not wanted
   const void* z;
+  const void* pre;   // (N, R + C): the forward's a1 | a2
   const void *w1, *b1, *w2, *b2;
-  void *gw1, *gb1, *gw2, *gb2;
+  void *gw1, *gb1, *gw2, *gb2;  // gw2, gb2 nullptr for one layer
   int act, gate;
   bool from_y;
   void* workspace;
@@ -50,15 +51,14 @@ struct BackwardLaunch {
 
 #if !defined(SE_CUDA_EMULATION)
 // One launcher per pass and dtype (forward_<dtype>.cu, backward_<dtype>.cu): the
-// persistent kernel on `stream`. max_grid > 0 caps its grid (tests: any grid, even
-// one block, gives the same bits).
+// pass's two kernels on `stream` (the counters were zeroed before, in the stream).
 using forward_launch_t = ForwardLaunch;
 using backward_launch_t = BackwardLaunch;
-#define SE_DECLARE_LAUNCHERS(PASS)                                                         \
-  cudaError_t launch_##PASS##_float(const PASS##_launch_t&, int, cudaStream_t);           \
-  cudaError_t launch_##PASS##_half(const PASS##_launch_t&, int, cudaStream_t);            \
-  cudaError_t launch_##PASS##_bfloat16(const PASS##_launch_t&, int, cudaStream_t);        \
-  cudaError_t launch_##PASS##_double(const PASS##_launch_t&, int, cudaStream_t);
+#define SE_DECLARE_LAUNCHERS(PASS)                                                   \
+  cudaError_t launch_##PASS##_float(const PASS##_launch_t&, cudaStream_t);          \
+  cudaError_t launch_##PASS##_half(const PASS##_launch_t&, cudaStream_t);           \
+  cudaError_t launch_##PASS##_bfloat16(const PASS##_launch_t&, cudaStream_t);       \
+  cudaError_t launch_##PASS##_double(const PASS##_launch_t&, cudaStream_t);
 SE_DECLARE_LAUNCHERS(forward)
 SE_DECLARE_LAUNCHERS(backward)
 #undef SE_DECLARE_LAUNCHERS

@@ -1,7 +1,7 @@
-// Scale tiles: y = x * s (+ residual) (relu), over the same tiles as the squeeze.
-// The tile's first granules are loaded before it waits for s (x does not depend
-// on it), the tile's s values are staged in shared memory, and each thread then
-// reads and writes its own granules only, so y may be x itself (in place).
+// Scale tiles: y = x * s (+ residual) (relu), over the same tiles as the squeeze,
+// with the tile's s values in shared memory (small_layers.cuh computes them).
+// Each thread reads and writes its own granules only, so y may be x itself (in
+// place).
 //
 // Elementwise tiles of both passes (this file and backward_map.cuh) share
 // `for_each_granule`: it hands a functor every granule of the tile with the
@@ -13,36 +13,6 @@
 namespace se_fused {
 namespace cuda {
 
-// Copies n per-channel values from global (written earlier in this launch) to
-// shared memory and returns where the tile reads them: there, or straight from
-// global when they do not fit (H*W of a few elements, many channels a tile). The
-// global reads are plain loads: they come after the acquire of the wait, which
-// invalidates L1, and its barrier.
-template <typename acc_t>
-SE_DEV const acc_t* stage_consts(acc_t* dst, const acc_t* src, int n, bool fits) {
-  if (!fits) return src;
-  for (int j = threadIdx.x; j < n; j += kThreads) dst[j] = load_cg(src + j);
-  return dst;
-}
-
-// The channel range an NCHW tile touches and where its elements start.
-struct NchwTile {
-  int64_t e0;    // first element, within the sample
-  int64_t base;  // first element, within the tensor
-  int len, c_first, nch;
-};
-
-SE_DEV NchwTile nchw_tile(const Plan& p, int64_t n, uint32_t t) {
-  NchwTile r;
-  const int64_t P = p.C * p.HW;
-  r.e0 = int64_t(t) << p.st.log2_L;
-  r.len = int(imin(p.st.L, P - r.e0));
-  r.base = n * P + r.e0;
-  r.c_first = int(p.st.hw_div.div(uint64_t(r.e0)));
-  r.nch = int(p.st.hw_div.div(uint64_t(r.e0 + r.len - 1))) - r.c_first + 1;
-  return r;
-}
-
 // Channel (relative to c_first) of element `off` of an NCHW tile, and how many
 // elements from there to the next row boundary (capped at V + 1: only the
 // granule's boundaries matter). Long rows: a tile touches at most two rows.
@@ -50,7 +20,7 @@ template <int V>
 SE_DEV void nchw_channel(const Plan& p, const NchwTile& tl, int off, int* ch, int* left) {
   const int64_t q = tl.e0 - int64_t(tl.c_first) * p.HW + off;  // < H*W + L
   int64_t rest;
-  if (p.st.long_rows) {
+  if (p.t.long_rows) {
     *ch = q >= p.HW ? 1 : 0;
     rest = (*ch + 1) * p.HW - q;
   } else {
@@ -86,40 +56,45 @@ template <bool CL, int V>
 struct TileFrame {
   NchwTile tl;
   int64_t base;   // first element of the tile in the tensor
-  int64_t c_src;  // n * C + first channel of the tile
+  int64_t cb;     // the tile's first channel
   int rows, row, nch;
   int tx, ty, per_row;
 
-  SE_DEV TileFrame(const Plan& p, int64_t n, uint32_t tile) {
-    const Stream& st = p.st;
+  SE_DEV TileFrame(const Plan& p, int64_t n, int64_t ct, int64_t part) {
+    const Tiles& t = p.t;
     if constexpr (!CL) {
-      tl = nchw_tile(p, n, tile);
+      tl = nchw_tile(p, n, ct, part);
       base = tl.base;
       rows = 1;
-      row = tl.len;
+      row = tl.len > 0 ? tl.len : 0;
       nch = tl.nch;
-      c_src = n * p.C + tl.c_first;
+      cb = tl.c_first;
       tx = int(threadIdx.x);
       ty = 0;
     } else {
-      const uint32_t pt = tile / uint32_t(st.CTn), ct = tile % uint32_t(st.CTn);
-      const int64_t c0 = int64_t(ct) * st.CT, p0 = int64_t(pt) * st.PT;
-      rows = int(imin(st.PT, p.HW - p0));
-      row = nch = int(imin(st.CT, p.C - c0));
+      const int64_t c0 = ct * t.CTw, p0 = part * t.PT;
+      rows = int(imin(t.PT, p.HW - p0));
+      row = nch = int(imin(t.CTw, p.C - c0));
       base = (n * p.HW + p0) * p.C + c0;
-      c_src = n * p.C + c0;
-      tx = int(threadIdx.x) % st.TC;
-      ty = int(threadIdx.x) / st.TC;
+      cb = c0;
+      tx = int(threadIdx.x) % t.TC;
+      ty = int(threadIdx.x) / t.TC;
     }
     per_row = (row + V - 1) / V;
   }
+  // The first of the tile's channels whose a2 this tile writes: each (n, c) has one
+  // owner, the tile holding its row's first element.
+  SE_DEV int own_from(const Plan& p, int64_t part) const {
+    if constexpr (CL) return part == 0 ? 0 : nch;
+    return int64_t(tl.c_first) * p.HW < tl.e0 ? 1 : 0;
+  }
   // Element offset (from base) of this thread's k-th granule, and whether it exists.
   SE_DEV int64_t offset(const Plan& p, int k) const {
-    if constexpr (CL) return int64_t(ty + k * p.st.TP) * p.C + tx * V;
+    if constexpr (CL) return int64_t(ty + k * p.t.TP) * p.C + tx * V;
     return int64_t(tx + k * kThreads) * V;
   }
   SE_DEV bool valid(const Plan& p, int k) const {
-    if constexpr (CL) return tx < per_row && ty + k * p.st.TP < rows;
+    if constexpr (CL) return tx < per_row && ty + k * p.t.TP < rows;
     return tx + k * kThreads < per_row;
   }
   // f(e, ch) for the V elements of the granule at `offset`.
@@ -143,34 +118,28 @@ struct TileFrame {
     } else {
       const int64_t q = tl.e0 - int64_t(tl.c_first) * p.HW + i;
       *off = i;
-      *ch = int(p.st.hw_div.div(uint64_t(q)));
+      *ch = int(p.t.hw_div.div(uint64_t(q)));
     }
   }
-  // channels_last tiles always stage their (<= 256) constants.
-  SE_DEV bool stage(const Plan& p) const { return CL || p.st.stage_s; }
 };
 
-// The scale of one tile. Wait() blocks until s of the tile's wave is complete.
-template <typename T, typename acc_t, bool CL, bool HasRes, typename Wait>
-SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_t* s, bool relu,
-                       int64_t n, uint32_t tile, unsigned char* smem, const Wait& wait) {
+// The scale of tile (n, ct, part); sc[ch] is s of the tile's channel cb + ch.
+template <typename T, typename acc_t, bool CL, bool HasRes>
+SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_t* sc, bool relu,
+                       int64_t n, int64_t ct, int64_t part) {
   constexpr int V = Width<T>::value;
   constexpr int U = CL ? kPixelsPerThread : XSource<T, acc_t>::kGranulesPerThread;
   constexpr int S = HasRes ? 2 : 4;  // granules in flight: 4 loads either way
-  const TileFrame<CL, V> f(p, n, tile);
+  const TileFrame<CL, V> f(p, n, ct, part);
   auto out = [relu](acc_t xv, acc_t sv, acc_t rv) {
-    const acc_t v = HasRes ? xv * sv + rv : xv * sv;
+    const acc_t v = HasRes ? se_fma(xv, sv, rv) : se_mul(xv, sv);
     return relu ? apply_relu(v) : v;
   };
-  acc_t* staged = reinterpret_cast<acc_t*>(smem);
   const T* xb = x + f.base;
   T* yb = y + f.base;
   const T* rb = HasRes ? res + f.base : nullptr;
 
-  if (!p.st.vec) {
-    wait();
-    const acc_t* sc = stage_consts(staged, s + f.c_src, f.nch, f.stage(p));
-    __syncthreads();
+  if (!p.vec) {
     for (int i = threadIdx.x; i < f.count(); i += kThreads) {
       int64_t off;
       int ch;
@@ -181,23 +150,19 @@ SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_
     return;
   }
 
-  Raw16 xr[S], rr[S];
-  auto load_step = [&](int k0) {
+  const uint64_t last = l2_policy(L2Hint::Last);
+#pragma unroll
+  for (int k0 = 0; k0 < U; k0 += S) {
+    // Zeroed: granules assigned under a condition into an uninitialized array are
+    // kept in local memory (ptxas marks the spills).
+    Raw16 xr[S] = {}, rr[S] = {};
 #pragma unroll
     for (int k = 0; k < S; ++k) {
       if (f.valid(p, k0 + k)) {
-        xr[k] = load16<L2Hint::Last>(xb + f.offset(p, k0 + k));
-        if (HasRes) rr[k] = load16<L2Hint::Last>(rb + f.offset(p, k0 + k));
+        xr[k] = load16(xb + f.offset(p, k0 + k), last);
+        if (HasRes) rr[k] = load16(rb + f.offset(p, k0 + k), last);
       }
     }
-  };
-  load_step(0);  // x does not depend on s: load it while waiting
-  wait();
-  const acc_t* sc = stage_consts(staged, s + f.c_src, f.nch, f.stage(p));
-  __syncthreads();
-#pragma unroll
-  for (int k0 = 0; k0 < U; k0 += S) {
-    if (k0 > 0) load_step(k0);
 #pragma unroll
     for (int k = 0; k < S; ++k) {
       if (!f.valid(p, k0 + k)) continue;

@@ -1,6 +1,6 @@
-// What every CUDA stage of se_fused shares: the block shape, 16-byte granule
-// loads and stores with their cache policies, warp sums, the inter-block
-// signals of the persistent kernels, and the dtype/layout switch.
+// What every CUDA kernel of se_fused shares: 16-byte granule loads and stores
+// with their cache policies, warp sums, explicit rounding, and the last-arrival
+// handoff between blocks.
 //
 // Every global memory access and every synchronisation goes through a function
 // here, so the stage files compile unchanged as host C++ in the CPU emulation
@@ -8,6 +8,7 @@
 // __syncthreads, warp shuffles and a bounds/alignment check for each access.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -19,7 +20,7 @@
 #include <c10/util/Half.h>
 
 #include "se_common.h"
-#include "schedule.h"
+#include "plan.h"
 
 #if defined(SE_CUDA_EMULATION)
 #define SE_DEV inline
@@ -40,17 +41,17 @@ struct AccOf<double> {
   using type = double;
 };
 
-// Resident blocks per SM the kernels are compiled for: 6 caps them at 40 registers.
-// SE_FUSED_MIN_BLOCKS overrides it (e.g. 4: 64 registers, fewer spills) to compare
-// on a GPU; results do not change, only the register budget.
+// Resident blocks per SM the kernels are compiled for: launch 1 (squeeze, reduce)
+// at 4 (64 registers), launch 2 (scale, map: the per-sample loop keeps its tile
+// geometry in registers) at 3 (80 registers); both without spills, and with at
+// least 48 KB of loads in flight per SM. SE_FUSED_MIN_BLOCKS / SE_FUSED_MIN_BLOCKS_2
+// override them to compare register budgets on a GPU; results do not change.
 #ifndef SE_FUSED_MIN_BLOCKS
-#define SE_FUSED_MIN_BLOCKS 6
+#define SE_FUSED_MIN_BLOCKS 4
 #endif
-template <typename T>
-struct MinBlocks {
-  static constexpr int value = std::is_same<T, double>::value ? 4 : SE_FUSED_MIN_BLOCKS;
-};
-
+#ifndef SE_FUSED_MIN_BLOCKS_2
+#define SE_FUSED_MIN_BLOCKS_2 3
+#endif
 
 // A kernel's shared memory: one buffer, carved by each stage (the emulation gives
 // every emulated block its own).
@@ -95,60 +96,54 @@ SE_DEV Raw16 pack(const acc_t* in) {
 
 #if defined(SE_CUDA_EMULATION)
 // Supplied by the emulation shim: emu_check_access aborts on an access outside the
-// registered buffers or a misaligned one; emu_spin_wait lets other emulated blocks
-// run (and reports a deadlock); emu_counter_changed records progress.
+// registered buffers or a misaligned one.
 void emu_check_access(const void* p, int bytes, bool write);
-void emu_spin_wait();
-void emu_counter_changed();
 unsigned char* emu_block_shared(int bytes);
 #endif
 
-// L2 policy of a granule load. Keep: the data is read again later in this launch
-// (x between the squeeze and the scale of a wave), so it should outlive streamed
-// data in L2. Last: its last read (the scale's x, data read once).
+// L2 policies of granule loads. Keep: launch 2 reads the data again (x, or grad_y
+// and the mask) and it fits in L2, so it should outlive streamed data there.
+// Last: its last read; evict-first, which also demotes the lines a Keep load
+// marked evict-last, so nothing stays pinned after the pass. Normal otherwise.
 enum class L2Hint { Normal, Keep, Last };
 
-// The L2 policy of Keep loads, made once per tile (a register pair).
-SE_DEV uint64_t l2_keep_policy() {
+// A policy, made once per tile (a register pair).
+SE_DEV uint64_t l2_policy(L2Hint h) {
 #if defined(SE_CUDA_EMULATION)
-  return 0;
+  return uint64_t(h);
 #else
   uint64_t pol;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  if (h == L2Hint::Keep) {
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  } else if (h == L2Hint::Last) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
+  }
   return pol;
 #endif
 }
 
-template <L2Hint H = L2Hint::Normal>
-SE_DEV Raw16 load16(const void* p, uint64_t keep_policy = 0) {
+// One 16-byte load under an L2 policy, not allocated in L1 (streamed data).
+SE_DEV Raw16 load16(const void* p, uint64_t policy) {
 #if defined(SE_CUDA_EMULATION)
-  (void)keep_policy;
+  (void)policy;
   emu_check_access(p, 16, false);
   Raw16 r;
   std::memcpy(&r, p, 16);
   return r;
 #else
   Raw16 r;
-  if constexpr (H == L2Hint::Keep) {
-    asm volatile("ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
-                 : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)
-                 : "l"(p), "l"(keep_policy));
-  } else if constexpr (H == L2Hint::Last) {
-    asm volatile("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)
-                 : "l"(p));
-  } else {
-    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)
-                 : "l"(p));
-  }
+  asm volatile("ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d)
+               : "l"(p), "l"(policy));
   return r;
 #endif
 }
 
 // One 128-bit store (a struct copy may be split into narrower stores), marked
 // evict-first: outputs are not read again in the pass and must not push the
-// wave's inputs out of L2.
+// re-read inputs out of L2.
 SE_DEV void store16(void* p, const Raw16& v) {
 #if defined(SE_CUDA_EMULATION)
   emu_check_access(p, 16, true);
@@ -179,8 +174,8 @@ SE_DEV void store1(T* p, T v) {
   *p = v;
 }
 
-// Values written by other blocks in this launch (partials, h, s, ...): read from
-// L2, never from a possibly stale L1 line, and never through the read-only path.
+// Values written by other blocks in this launch (partials): read from L2, never
+// from a possibly stale L1 line, and never through the read-only path.
 template <typename T>
 SE_DEV T load_cg(const T* p) {
 #if defined(SE_CUDA_EMULATION)
@@ -191,7 +186,8 @@ SE_DEV T load_cg(const T* p) {
 #endif
 }
 
-// Parameters (w1, b1, w2, b2, z for the backward): never written in the launch.
+// Parameters, and what an earlier launch wrote (h, da1, ...): never written in
+// this launch.
 template <typename T>
 SE_DEV T load_ro(const T* p) {
 #if defined(SE_CUDA_EMULATION)
@@ -212,85 +208,77 @@ SE_DEV acc_t group_sum(acc_t a, int G) {
   return a;
 }
 
-// ---- inter-block signals ----------------------------------------------------
-// Work items of a persistent kernel are claimed through a ticket counter in
-// increasing order, and an item only ever waits for items with smaller tickets.
-// Those were claimed by blocks that are running, whose own waits point further
-// down, so the smallest unfinished ticket can always proceed: no wait depends on
-// a block being resident, and any grid size (even 1) finishes.
+// ---- explicit rounding --------------------------------------------------------
+// The kernel files are compiled with --fmad=false, so a * b + c is a multiply and
+// an add wherever it is written, and every fused multiply-add is written as
+// se_fma. So both paths of a tile (16-byte granules, or element by element)
+// round alike. The CPU emulation is compiled with contraction on: a product left
+// to the compiler there may be fused in one path and not in the other, and the
+// bit-equality tests catch it.
+template <typename T>
+SE_DEV T se_fma(T a, T b, T c) {
+#if defined(SE_CUDA_EMULATION)
+  return std::fma(a, b, c);
+#else
+  return fma(a, b, c);
+#endif
+}
+
+// a * b rounded on its own, never fused into a later add (also in the emulation).
+template <typename T>
+SE_DEV T se_mul(T a, T b) {
+#if defined(SE_CUDA_EMULATION)
+  T r = a * b;
+  asm("" : "+x"(r));
+  return r;
+#else
+  if constexpr (sizeof(T) == 8) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+#endif
+}
+
+// ---- last-arrival handoff ------------------------------------------------------
+// No block ever waits for another. A block that produced partial results counts
+// itself in at a counter (release: its writes before the count); the one that
+// arrives last (acquire: everyone's writes) does the dependent work. Counters are
+// zeroed by a memset in the stream before every launch 1.
 
 SE_DEV uint32_t atomic_add_u32(uint32_t* p, uint32_t v) {
 #if defined(SE_CUDA_EMULATION)
   emu_check_access(p, 4, true);
   const uint32_t old = *p;
   *p = old + v;
-  emu_counter_changed();
   return old;
 #else
   return atomicAdd(p, v);
 #endif
 }
 
-SE_DEV uint32_t load_acquire(const uint32_t* p) {
-#if defined(SE_CUDA_EMULATION)
-  emu_check_access(p, 4, false);
-  return *p;
-#else
-  uint32_t v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-#endif
-}
-
-SE_DEV void fence_gpu() {
+SE_DEV void fence_acq_rel_gpu() {
 #if !defined(SE_CUDA_EMULATION)
-  __threadfence();
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
 #endif
 }
 
-// The block's claim of the next work item (thread 0 only).
-SE_DEV uint32_t claim_ticket(uint32_t* ticket) { return atomic_add_u32(ticket, 1u); }
-
-// Waits until *counter >= target. Thread 0 polls with acquire loads; the barrier
-// then orders the block's later reads after the producers' writes.
-SE_DEV void wait_at_least(const uint32_t* counter, uint32_t target) {
-  if (threadIdx.x == 0) {
-#if defined(SE_CUDA_EMULATION)
-    while (load_acquire(counter) < target) emu_spin_wait();
-#else
-    unsigned ns = 32;
-    while (load_acquire(counter) < target) {
-      __nanosleep(ns);
-      if (ns < 512) ns <<= 1;
-    }
-#endif
-  }
-  __syncthreads();
-}
-
-// Marks one item done: every thread's writes, then the release count.
-SE_DEV void signal_done(uint32_t* counter) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    fence_gpu();
-    atomic_add_u32(counter, 1u);
-  }
-}
-
-// True in the last of `expected` blocks arriving at `counter` (for the block-wide
-// result, `flag` is a shared word). Every block's writes before its arrival are
-// visible to the last one, which reads them with load_cg.
+// True in the last of `expected` blocks arriving at `counter` (every thread gets
+// the answer through the shared word `flag`). The last block reads the others'
+// results with load_cg (L2, never a stale L1 line).
 SE_DEV bool arrive_is_last(uint32_t* counter, uint32_t expected, volatile uint32_t* flag) {
-  __syncthreads();
+  __syncthreads();  // every thread's writes, before thread 0's release
   if (threadIdx.x == 0) {
-    fence_gpu();
+    fence_acq_rel_gpu();
     const uint32_t prev = atomic_add_u32(counter, 1u);
     const bool last = prev + 1u == expected;
-    if (last) fence_gpu();
+    if (last) fence_acq_rel_gpu();
     *flag = last ? 1u : 0u;
   }
   __syncthreads();
-  return *flag != 0u;
+  const bool last = *flag != 0u;
+  __syncthreads();  // the flag word may be reused right after
+  return last;
 }
 
 }  // namespace cuda

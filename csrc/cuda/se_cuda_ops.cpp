@@ -1,19 +1,19 @@
 // The CUDA entry points of the se_fused ops: argument checks and buffers
-// (se_checks.cpp, se_buffers.cpp), the plan of the call (schedule.h), one memset
-// of the counters and one persistent kernel per pass (forward_kernel.cuh,
-// backward_kernel.cuh). Launches per pass: 2.
-//   1. memset of the plan's counters (tickets, per-wave completion counts,
-//      last-arrival counts): zeroed in the stream on every call, so a CUDA graph
-//      replays it too and no state survives between calls.
-//   2. the persistent kernel: every stage of the pass, ordered by tickets.
-// Parameters not already in the accumulation dtype are converted by
-// prepare_forward/prepare_backward (one cast kernel each, as for the CPU).
+// (se_checks.cpp, se_buffers.cpp), the plan of the call (plan.h), then per pass
+//   1. a memset of the plan's counters (last-arrival counts): zeroed in the stream
+//      on every call, so a CUDA graph replays it too and no state survives a call;
+//   2. launch 1 (squeeze / reduce, with the small layers' finalizers);
+//   3. launch 2 (scale / map, with the weight gradients in the backward).
+// No block waits for another, nothing synchronizes with the host. Parameters not
+// already in the accumulation dtype are converted by prepare_forward /
+// prepare_backward (one cast kernel each, as for the CPU).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -50,40 +50,47 @@ const void* ptr_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr;
 }
 
-// Test knobs, read per call: SE_FUSED_CUDA_WAVE_BYTES sets the L2 budget of a wave
-// (small values force many waves on small inputs); SE_FUSED_CUDA_GRID caps the
-// persistent grid (1 shows that no block waits on another being resident).
-// Neither changes a result bit: summation orders depend on the shape only.
+// Knobs, read per call; none changes a result bit (summation orders depend on the
+// shape only):
+//   SE_FUSED_CUDA_L2_BYTES: the L2 size the plan assumes (default: the device's);
+//     whether the re-read tensors fit decides the L2 policy of launch 1 and the
+//     tile order of launch 2.
+//   SE_FUSED_CUDA_SAMPLES: samples per block of launch 2 (default and at most 8, 4
+//     for float64); fewer means more blocks, each recomputing s for its pairs.
 int64_t env_int(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr ? std::atoll(v) : 0;
 }
 
-int64_t wave_bytes(int device) {
-  const int64_t forced = env_int("SE_FUSED_CUDA_WAVE_BYTES");
+int64_t l2_bytes(int device) {
+  const int64_t forced = env_int("SE_FUSED_CUDA_L2_BYTES");
   if (forced > 0) return forced;
-  static std::atomic<int64_t> l2[64];
-  const int d = device >= 0 && device < 64 ? device : 0;
-  int64_t v = l2[d].load(std::memory_order_relaxed);
+  constexpr int kCached = 64;
+  static std::atomic<int64_t> cache[kCached];
+  const bool cached = device >= 0 && device < kCached;
+  int64_t v = cached ? cache[device].load(std::memory_order_relaxed) : 0;
   if (v == 0) {
     int bytes = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device));
-    v = bytes > 0 ? bytes : (4 << 20);
-    l2[d].store(v, std::memory_order_relaxed);
+    v = bytes > 0 ? bytes : 1;
+    if (cached) cache[device].store(v, std::memory_order_relaxed);
   }
-  // A wave's re-read tensors take a quarter of L2: the next wave streams in while
-  // this one is scaled, and outputs pass through L2 too.
-  return v / 4;
+  return v;
 }
 
-cuda::Plan plan_call(const SEArgs& a, bool backward, bool has_mask, int esize, bool aligned,
-                     int device) {
-  TORCH_CHECK(a.N < (int64_t(1) << 31), "se_fused: batch of ", a.N, " samples is too large");
-  cuda::PlanInput in{a.N,      a.C,     a.hw(), a.R,    a.channels_last, backward,
-                     has_mask, esize,   aligned, wave_bytes(device)};
+// reread_bytes: what launch 2 reads again (x; or grad_y and the mask). It stays in
+// L2 between the launches when it takes at most half of it.
+cuda::Plan plan_call(const SEArgs& a, bool backward, int esize, bool aligned,
+                     int64_t reread_bytes, int device) {
+  cuda::PlanInput in{a.N,    a.C,   a.hw(),  a.R,
+                     a.channels_last, backward, a.one_layer,
+                     esize,  aligned, reread_bytes <= l2_bytes(device) / 2,
+                     env_int("SE_FUSED_CUDA_SAMPLES")};
   const cuda::Plan p = cuda::make_plan(in);
-  TORCH_CHECK(p.total < (int64_t(1) << 32), "se_fused: x of shape (", a.N, ", ", a.C, ", ", a.H,
-              ", ", a.W, ") needs ", p.total, " work items, more than 2^32");
+  constexpr int64_t kMaxGrid = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(p.grid1 <= kMaxGrid && p.grid2 <= kMaxGrid, "se_fused: x of shape (", a.N, ", ",
+              a.C, ", ", a.H, ", ", a.W, ") needs ", std::max(p.grid1, p.grid2),
+              " blocks, more than a CUDA grid holds (2^31 - 1)");
   return p;
 }
 
@@ -95,7 +102,7 @@ void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const Param
   l.dtype = dtype_of(dtype);
   l.w1 = p.w1.data_ptr();
   l.b1 = ptr_or_null(p.b1);
-  l.w2 = p.w2.data_ptr();
+  l.w2 = ptr_or_null(p.w2);
   l.b2 = ptr_or_null(p.b2);
   l.act = int(a.act);
   l.gate = int(a.gate);
@@ -104,15 +111,37 @@ void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const Param
 }
 
 at::Tensor zeroed_counters(const cuda::Plan& p, const at::Tensor& like) {
-  return at::zeros({p.n_counters}, like.options().dtype(at::kInt));
+  return at::zeros({std::max<int64_t>(p.n_counters, 1)}, like.options().dtype(at::kInt));
 }
 
 // The launcher of the call's dtype (launchers in DType order), on the current stream.
 template <typename Launch>
-void launch(const Launch& l, cudaError_t (*const (&launchers)[4])(const Launch&, int,
-                                                                  cudaStream_t)) {
+void launch(const Launch& l, cudaError_t (*const (&launchers)[4])(const Launch&, cudaStream_t)) {
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  C10_CUDA_CHECK(launchers[int(l.dtype)](l, int(env_int("SE_FUSED_CUDA_GRID")), stream));
+  C10_CUDA_CHECK(launchers[int(l.dtype)](l, stream));
+}
+
+int64_t bytes_of(const at::Tensor& t) {
+  return t.defined() ? t.numel() * int64_t(t.element_size()) : 0;
+}
+
+// [a1 | a2] from z when se_backward is called without pre (not the autograd path,
+// which saves the forward's): the layers in ATen, in the accumulation dtype.
+at::Tensor pre_from_z(const SEArgs& a, const at::Tensor& z, const ParamTensors& p) {
+  at::Tensor a1 = at::matmul(z, p.w1.t());
+  if (p.b1.defined()) a1 = a1 + p.b1;
+  if (a.one_layer) return at::cat({a1, a1}, 1);
+  at::Tensor h;
+  switch (a.act) {
+    case Act::ReLU: h = at::relu(a1); break;
+    case Act::SiLU: h = at::silu(a1); break;
+    case Act::HardSwish: h = at::hardswish(a1); break;
+    case Act::GELU: h = at::gelu(a1); break;
+    default: h = a1; break;
+  }
+  at::Tensor a2 = at::matmul(h, p.w2.t());
+  if (p.b2.defined()) a2 = a2 + p.b2;
+  return at::cat({a1, a2}, 1).contiguous();
 }
 
 }  // namespace
@@ -130,8 +159,8 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   if (c.y.numel() == 0) return c;
   const SEArgs& a = c.a;
   const bool aligned = aligned16(c.x) && aligned16(c.res) && aligned16(c.y);
-  const cuda::Plan plan = plan_call(a, false, false, int(x.element_size()), aligned,
-                                    x.get_device());
+  const cuda::Plan plan =
+      plan_call(a, false, int(x.element_size()), aligned, bytes_of(c.x), x.get_device());
   const at::Tensor work = at::empty({plan.ws_size}, c.z.options());
   const at::Tensor counters = zeroed_counters(plan, x);
 
@@ -158,17 +187,16 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
   const SEArgs checked =
       check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output, pre);
   const c10::cuda::CUDAGuard guard(x.device());
-  // The persistent kernel recomputes a1 and a2 from z in tiles that overlap the
-  // reduce tiles, so pre is only checked here, not read.
   const BackwardCall c = prepare_backward(checked, grad_y, x, z, y, w1, b1, w2, b2,
-                                          want_grad_residual, c10::nullopt);
+                                          want_grad_residual, pre);
   if (c.gx.numel() == 0) return c.outputs();
   const SEArgs& a = c.a;
   const bool has_mask = c.y.defined();
   const bool aligned = aligned16(c.gy) && aligned16(c.x) && aligned16(c.y) && aligned16(c.gx) &&
                        aligned16(c.gres);
-  const cuda::Plan plan = plan_call(a, true, has_mask, int(x.element_size()), aligned,
-                                    x.get_device());
+  const cuda::Plan plan = plan_call(a, true, int(x.element_size()), aligned,
+                                    bytes_of(c.gy) + bytes_of(c.y), x.get_device());
+  const at::Tensor pre_values = c.pre.defined() ? c.pre : pre_from_z(a, c.z, c.p);
   const at::Tensor work = at::empty({plan.ws_size}, c.gw1.options());
   const at::Tensor counters = zeroed_counters(plan, x);
 
@@ -180,10 +208,11 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
   l.gx = c.gx.data_ptr();
   l.gres = const_cast<void*>(ptr_or_null(c.gres));
   l.z = c.z.data_ptr();
+  l.pre = pre_values.data_ptr();
   l.gw1 = c.gw1.data_ptr();
   l.gb1 = c.gb1.data_ptr();
-  l.gw2 = c.gw2.data_ptr();
-  l.gb2 = c.gb2.data_ptr();
+  l.gw2 = a.one_layer ? nullptr : c.gw2.data_ptr();
+  l.gb2 = a.one_layer ? nullptr : c.gb2.data_ptr();
   l.from_y = a.from_y;
   launch(l, {cuda::launch_backward_float, cuda::launch_backward_half,
              cuda::launch_backward_bfloat16, cuda::launch_backward_double});

@@ -1,20 +1,19 @@
-// Squeeze tiles: per-channel sums over one tile of the streamed tensor(s). The
-// forward sums x; the backward's reduce (backward_reduce.cuh) sums g*v through
-// the same code with another Source.
+// Squeeze tiles: per-channel sums over one streaming tile (plan.h) of the
+// streamed tensor(s). The forward sums x; the backward's reduce
+// (backward_reduce.cuh) sums g*v through the same code with another Source.
 //
-// NCHW: a sample is one contiguous span of C*H*W elements, cut into tiles of L
-// elements. A tile is loaded with coalesced 16-byte granules (4 per thread in
-// flight) into shared memory; every channel row (or row piece) in it is then a
-// segment of shared memory that `seg_lanes` lanes sum. No per-row head/tail
-// loops, and the sums come from shared memory, so their order is the same
-// whether the granules were vector or scalar loads (misaligned pointers).
-// A row inside one tile gives rowsum[n, c]; a row crossing tiles leaves a piece
-// in each: the first tile's "tail" slot, later tiles' "head" slots. row_total
-// adds them in tile order.
+// NCHW: a tile is a piece of up to L elements of one channel tile's span, loaded
+// with coalesced 16-byte granules (4 per thread in flight) into shared memory;
+// every channel row (or row piece) in it is then a segment of shared memory that
+// `seg_lanes` lanes sum. No per-row head/tail loops, and the sums come from shared
+// memory, so their order is the same whether the granules were vector or scalar
+// loads (misaligned pointers). A row inside one tile gives rowsum[n, c]; a row
+// crossing tiles leaves a piece in each: the first tile's "tail" slot, later
+// tiles' "head" slots. row_total adds them in tile order.
 //
-// channels_last: a tile is PT pixels x CT channels; each thread keeps one
+// channels_last: a tile is PT pixels x CTw channels; each thread keeps one
 // granule of channels and walks pixels (4 loads in flight), then the thread rows
-// are added in order through shared memory: part[n, pixel tile, c].
+// are added in order through shared memory: part[n, pixel part, c].
 #pragma once
 
 #include "se_cuda_common.cuh"
@@ -25,17 +24,47 @@ namespace cuda {
 template <typename acc_t>
 struct Pieces {
   acc_t* rowsum;  // NCHW (N, C)
-  acc_t* edges;   // NCHW (N, T, 2): head, tail pieces of rows crossing tiles
-  acc_t* part;    // channels_last (N, PTn, C)
+  acc_t* edges;   // NCHW (N, CTn, Tp, 2): head, tail pieces of rows crossing tiles
+  acc_t* part;    // channels_last (N, Tp, C)
 };
+
+template <typename acc_t>
+inline Pieces<acc_t> pieces_of(const Plan& p, acc_t* ws) {
+  return {ws + p.ws_rowsum, ws + p.ws_edges, ws + p.ws_part};
+}
+
+// Where an NCHW tile is: its first element within the sample (e0) and within the
+// tensor (base), its length (<= 0: an empty part of the last channel tile), and
+// the channels it touches.
+struct NchwTile {
+  int64_t e0, base;
+  int len, c_first, nch;
+};
+
+SE_DEV NchwTile nchw_tile(const Plan& p, int64_t n, int64_t ct, int64_t part) {
+  NchwTile r;
+  const int64_t c0 = ct * p.t.CTw;
+  const int64_t end = imin(p.C, c0 + p.t.CTw) * p.HW;
+  r.e0 = c0 * p.HW + (part << p.t.log2_L);
+  r.len = int(imin(p.t.L, end - r.e0));
+  r.base = n * p.C * p.HW + r.e0;
+  r.c_first = 0;
+  r.nch = 0;
+  if (r.len > 0) {
+    r.c_first = int(p.t.hw_div.div(uint64_t(r.e0)));
+    r.nch = int(p.t.hw_div.div(uint64_t(r.e0 + r.len - 1))) - r.c_first + 1;
+  }
+  return r;
+}
 
 // A Source is what a reduce tile sums: load/stage/terms for 16-byte granules,
 // scalar() for one element of the paths without granules (misaligned pointers,
 // spans or rows not a whole number of granules); the two paths are separate
-// loops, so neither holds the other's registers.
+// loops, so neither holds the other's registers, and each term is rounded the
+// same way in both.
 //
-// The forward's source: x itself, staged as stored. x is read again by the scale
-// of the same wave, so it is loaded with the L2 "keep" policy.
+// The forward's source: x itself, staged as stored. When x fits in L2 it is
+// loaded with the "keep" policy: launch 2 reads it again.
 template <typename T, typename acc_t>
 struct XSource {
   static constexpr int V = Width<T>::value;
@@ -46,9 +75,9 @@ struct XSource {
     Raw16 x;
   };
   const T* x;
-  uint64_t keep = l2_keep_policy();
+  uint64_t policy;  // Keep when launch 2's re-read hits L2, else Normal
 
-  SE_DEV Loaded load(int64_t off) const { return {load16<L2Hint::Keep>(x + off, keep)}; }
+  SE_DEV Loaded load(int64_t off) const { return {load16(x + off, policy)}; }
   SE_DEV acc_t scalar(int64_t off) const { return static_cast<acc_t>(load1(x + off)); }
   SE_DEV void stage(const Loaded& l, staged_t* dst) const {
     *reinterpret_cast<Raw16*>(dst) = l.x;
@@ -86,26 +115,28 @@ SE_DEV void stage_span(const Src& src, int64_t base, int len, typename Src::stag
   }
 }
 
-// Tile t of sample n (NCHW), see the file comment.
+// Tile (n, ct, part) (NCHW), see the file comment. Empty tiles do nothing.
 template <typename acc_t, typename Src>
-SE_DEV void reduce_tile_nchw(const Plan& p, const Src& src, int64_t n, uint32_t t,
+SE_DEV void reduce_tile_nchw(const Plan& p, const Src& src, int64_t n, int64_t ct, int64_t part,
                              const Pieces<acc_t>& out, unsigned char* smem) {
   using S = typename Src::staged_t;
+  const NchwTile tl = nchw_tile(p, n, ct, part);
+  if (tl.len <= 0) return;
   S* buf = reinterpret_cast<S*>(smem);
   acc_t* red = reinterpret_cast<acc_t*>(smem + kStageBytes);  // one word per lane group
-  const int64_t P = p.C * p.HW, L = p.st.L, HW = p.HW;
-  const int64_t e0 = int64_t(t) << p.st.log2_L;
-  const int len = int(imin(L, P - e0));
-  stage_span(src, n * P + e0, len, buf, p.st.vec);
+  const int64_t HW = p.HW, e0 = tl.e0;
+  const int len = tl.len;
+  stage_span(src, tl.base, len, buf, p.vec);
   __syncthreads();
 
-  const int64_t c_first = int64_t(p.st.hw_div.div(uint64_t(e0)));
-  const int nseg = int(int64_t(p.st.hw_div.div(uint64_t(e0 + len - 1))) - c_first + 1);
-  const int G = p.st.seg_lanes, gps = p.st.seg_groups;
+  const int nseg = tl.nch;
+  const int64_t c_first = tl.c_first;
+  const int G = p.t.seg_lanes, gps = p.t.seg_groups;
   const int grp = threadIdx.x / G, lane = threadIdx.x % G;
   const int slots = kThreads / G / gps;
   const int slot = grp / gps, sub = grp % gps;
   const int span = G * gps, first = sub * G + lane;
+  acc_t* edges = out.edges + ((n * p.t.CTn + ct) * p.t.Tp + part) * 2;
   for (int s0 = 0; s0 < nseg; s0 += slots) {  // the same trip count in every thread
     const int seg = s0 + slot;
     const int64_t c = c_first + seg;
@@ -129,44 +160,46 @@ SE_DEV void reduce_tile_nchw(const Plan& p, const Src& src, int64_t n, uint32_t 
       if (!before && !after) {
         store1(out.rowsum + n * p.C + c, a);
       } else {
-        store1(out.edges + (n * p.st.T + t) * 2 + (before ? 0 : 1), a);
+        store1(edges + (before ? 0 : 1), a);
       }
     }
   }
+  __syncthreads();  // shared memory is free again
 }
 
-// Tile `tile` of sample n (channels_last), see the file comment.
+// Tile (n, ct, part) (channels_last), see the file comment.
 template <typename acc_t, typename Src>
-SE_DEV void reduce_tile_cl(const Plan& p, const Src& src, int64_t n, uint32_t tile,
+SE_DEV void reduce_tile_cl(const Plan& p, const Src& src, int64_t n, int64_t ct, int64_t part,
                            const Pieces<acc_t>& out, unsigned char* smem) {
   constexpr int V = Src::V;
   constexpr int S = Src::kStep;
-  const Stream& st = p.st;
-  const uint32_t pt = tile / uint32_t(st.CTn), ct = tile % uint32_t(st.CTn);
-  const int tx = threadIdx.x % st.TC, ty = threadIdx.x / st.TC;
-  const int64_t c = int64_t(ct) * st.CT + int64_t(tx) * V;
+  const Tiles& t = p.t;
+  const int tx = threadIdx.x % t.TC, ty = threadIdx.x / t.TC;
+  const int64_t c = ct * t.CTw + int64_t(tx) * V;
   const int nvalid = int(imin(V, p.C - c));
-  const int64_t p1 = imin(p.HW, int64_t(pt + 1) * st.PT);
+  const int64_t p1 = imin(p.HW, (part + 1) * t.PT);
   acc_t a[V];
 #pragma unroll
   for (int k = 0; k < V; ++k) a[k] = acc_t(0);
-  if (nvalid > 0 && !st.vec) {
-    for (int64_t q = int64_t(pt) * st.PT + ty; q < p1; q += st.TP) {
+  if (nvalid > 0 && !p.vec) {
+    for (int64_t q = part * t.PT + ty; q < p1; q += t.TP) {
       const int64_t off = (n * p.HW + q) * p.C + c;
 #pragma unroll
-      for (int j = 0; j < V; ++j) a[j] += j < nvalid ? src.scalar(off + j) : acc_t(0);
+      for (int j = 0; j < V; ++j) {
+        if (j < nvalid) a[j] += src.scalar(off + j);
+      }
     }
   } else if (nvalid > 0) {
-    for (int64_t q = int64_t(pt) * st.PT + ty; q < p1; q += int64_t(S) * st.TP) {
+    for (int64_t q = part * t.PT + ty; q < p1; q += int64_t(S) * t.TP) {
       typename Src::Loaded l[S];
 #pragma unroll
       for (int k = 0; k < S; ++k) {
-        const int64_t qk = q + int64_t(k) * st.TP;
+        const int64_t qk = q + int64_t(k) * t.TP;
         if (qk < p1) l[k] = src.load((n * p.HW + qk) * p.C + c);
       }
 #pragma unroll
       for (int k = 0; k < S; ++k) {
-        if (q + int64_t(k) * st.TP < p1) {
+        if (q + int64_t(k) * t.TP < p1) {
           acc_t e[V];
           src.terms(l[k], e);
 #pragma unroll
@@ -175,32 +208,35 @@ SE_DEV void reduce_tile_cl(const Plan& p, const Src& src, int64_t n, uint32_t ti
       }
     }
   }
-  acc_t* red = reinterpret_cast<acc_t*>(smem);  // [TP][CT]
+  acc_t* red = reinterpret_cast<acc_t*>(smem);  // [TP][CTw]
 #pragma unroll
-  for (int k = 0; k < V; ++k) red[ty * st.CT + tx * V + k] = a[k];
+  for (int k = 0; k < V; ++k) red[ty * t.CTw + tx * V + k] = a[k];
   __syncthreads();
-  for (int64_t j = threadIdx.x; j < st.CT; j += kThreads) {
-    const int64_t cc = int64_t(ct) * st.CT + j;
+  for (int64_t j = threadIdx.x; j < t.CTw; j += kThreads) {
+    const int64_t cc = ct * t.CTw + j;
     if (cc < p.C) {
       acc_t s = acc_t(0);
-      for (int r = 0; r < st.TP; ++r) s += red[r * st.CT + j];
-      store1(out.part + (n * st.PTn + pt) * p.C + cc, s);
+      for (int r = 0; r < t.TP; ++r) s += red[r * t.CTw + j];
+      store1(out.part + (n * t.Tp + part) * p.C + cc, s);
     }
   }
+  __syncthreads();  // shared memory is free again
 }
 
-// sum over H*W of channel c of sample n, from the pieces of all tiles, in tile order.
+// Sum over H*W of channel c of sample n, from the pieces of all its tiles, in tile
+// order (read by launch 1's last-arriving block: load_cg).
 template <bool CL, typename acc_t>
 SE_DEV acc_t row_total(const Plan& p, const Pieces<acc_t>& in, int64_t n, int64_t c) {
   if constexpr (CL) {
     acc_t s = acc_t(0);
-    for (int64_t pt = 0; pt < p.st.PTn; ++pt) s += load_cg(in.part + (n * p.st.PTn + pt) * p.C + c);
+    for (int64_t pt = 0; pt < p.t.Tp; ++pt) s += load_cg(in.part + (n * p.t.Tp + pt) * p.C + c);
     return s;
   }
-  const int64_t e0 = c * p.HW;
-  const int64_t tf = e0 >> p.st.log2_L, tl = (e0 + p.HW - 1) >> p.st.log2_L;
+  const int64_t ct = c / p.t.CTw;
+  const int64_t q0 = (c - ct * p.t.CTw) * p.HW;  // row start within the channel tile's span
+  const int64_t tf = q0 >> p.t.log2_L, tl = (q0 + p.HW - 1) >> p.t.log2_L;
   if (tf == tl) return load_cg(in.rowsum + n * p.C + c);
-  const acc_t* e = in.edges + n * p.st.T * 2;
+  const acc_t* e = in.edges + (n * p.t.CTn + ct) * p.t.Tp * 2;
   acc_t s = load_cg(e + tf * 2 + 1);
   for (int64_t t = tf + 1; t <= tl; ++t) s += load_cg(e + t * 2);
   return s;

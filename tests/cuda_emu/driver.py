@@ -6,8 +6,14 @@ torch's headers only; no CUDA toolkit is involved. `load()` returns None when
 there is no C++ compiler, so the tests can skip.
 
 The calls mirror what csrc/cuda/se_cuda_ops.cpp does around the kernels (layout
-of the outputs, parameters in the accumulation dtype, alignment -> vector mode),
+of the outputs, parameters in the accumulation dtype, alignment -> vector mode,
+the L2 size -> policy and tile order, pre recomputed when the backward gets none),
 with every output poisoned with NaN first so that an element nobody writes shows.
+
+The library is compiled with FMA contraction on (-mfma -ffp-contract=fast): a
+product and sum the kernels leave to the compiler may then be fused in one path
+of a tile and not in another, and the bit-equality tests show it (nvcc contracts
+too unless told not to; the CUDA build uses --fmad=false and explicit se_fma).
 """
 import ctypes
 import hashlib
@@ -22,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-ACTS = {"relu": 0, "silu": 1}
+ACTS = {"relu": 0, "silu": 1, "hardswish": 2, "gelu": 3}
+IDENTITY = 4  # the one-layer form's activation (se_common.h Act::Identity)
 GATES = {"sigmoid": 0, "hardsigmoid": 1}
 N_SLOTS = 16
 
@@ -30,15 +37,15 @@ N_SLOTS = 16
 class EmuArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in ("N", "C", "H", "W", "R")] + [
         (n, ctypes.c_int32) for n in ("dtype", "channels_last", "act", "gate", "relu", "from_y",
-                                      "backward", "grid")] + [
-        ("wave_bytes", ctypes.c_int64), ("seed", ctypes.c_uint64),
+                                      "backward", "one_layer", "concurrency", "samples2")] + [
+        ("l2_bytes", ctypes.c_int64), ("seed", ctypes.c_uint64),
         ("t", ctypes.c_void_p * N_SLOTS), ("bytes", ctypes.c_int64 * N_SLOTS)]
 
 
 class EmuPlan(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int64) for n in ("total", "waves", "wave_samples", "tile_samples",
-                                              "per_sample", "ws_size", "n_counters")] + [
-        (n, ctypes.c_int32) for n in ("vec", "long_rows", "stage_s", "seg_lanes", "seg_groups")]
+    _fields_ = [(n, ctypes.c_int64) for n in ("grid1", "grid2", "ws_size", "n_counters", "CTw",
+                                              "CTn", "Tp", "CG", "CGn", "NT", "M2")] + [
+        (n, ctypes.c_int32) for n in ("vec", "keep", "reverse", "long_rows")]
 
 
 def _sources():
@@ -58,8 +65,8 @@ def build() -> Optional[str]:
     if cxx is None:
         return None
     inc = os.path.join(os.path.dirname(torch.__file__), "include")
-    flags = ["-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
-             f"-I{CSRC}", f"-I{HERE}", f"-I{inc}"]
+    flags = ["-std=c++17", "-O2", "-mfma", "-ffp-contract=fast", "-shared", "-fPIC", "-Wall",
+             "-Wno-unknown-pragmas", f"-I{CSRC}", f"-I{HERE}", f"-I{inc}"]
     h = hashlib.sha256(" ".join([cxx] + flags).encode())
     for f in _sources():
         with open(f, "rb") as fh:
@@ -82,9 +89,6 @@ class Emulator:
         lib = ctypes.CDLL(path)
         lib.se_emu_run.argtypes = [ctypes.POINTER(EmuArgs), ctypes.c_char_p, ctypes.c_int]
         lib.se_emu_plan.argtypes = [ctypes.POINTER(EmuArgs), ctypes.POINTER(EmuPlan)]
-        lib.se_emu_schedule.argtypes = [ctypes.POINTER(EmuArgs)] + [ctypes.c_void_p] * 3 + [
-            ctypes.c_int64]
-        lib.se_emu_schedule.restype = ctypes.c_int64
         lib.se_emu_fastdiv.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
         lib.se_emu_fastdiv.restype = ctypes.c_uint64
         self.lib = lib
@@ -93,15 +97,20 @@ class Emulator:
 
     @staticmethod
     def _args(shape, R, dtype, channels_last, backward, *, act="relu", gate="sigmoid",
-              relu=False, from_y=False, wave_bytes=1 << 40, grid=2, seed=0):
+              relu=False, from_y=False, one_layer=False, concurrency=3, samples2=0,
+              l2_bytes=1 << 40, seed=0):
+        """concurrency: emulated blocks resident at once; samples2: launch 2's samples per
+        block (0: the plan's); l2_bytes: the L2 size the plan assumes."""
         a = EmuArgs()
         a.N, a.C, a.H, a.W = shape
         a.R = R
         a.dtype = DTYPES[dtype]
         a.channels_last = int(channels_last)
-        a.act, a.gate = ACTS[act], GATES[gate]
+        a.act = IDENTITY if one_layer else ACTS[act]
+        a.gate = GATES[gate]
         a.relu, a.from_y, a.backward = int(relu), int(from_y), int(backward)
-        a.grid, a.wave_bytes, a.seed = grid, wave_bytes, seed
+        a.one_layer, a.concurrency, a.samples2 = int(one_layer), concurrency, samples2
+        a.l2_bytes, a.seed = l2_bytes, seed
         return a
 
     @staticmethod
@@ -116,21 +125,6 @@ class Emulator:
         self.lib.se_emu_plan(ctypes.byref(self._args(shape, R, dtype, channels_last, backward,
                                                      **kw)), ctypes.byref(p))
         return p
-
-    def schedule(self, shape, R, dtype, channels_last=False, backward=False, mask=False, **kw):
-        """(violations, stages, waves, indices) of every ticket of the plan."""
-        a = self._args(shape, R, dtype, channels_last, backward, **kw)
-        if mask:  # only whether a mask exists matters to the plan (its L2 budget)
-            a.t[2], a.bytes[2] = 16, 0
-        total = self.plan(shape, R, dtype, channels_last, backward, **kw).total
-        st = torch.empty(total, dtype=torch.int32)
-        wv = torch.empty(total, dtype=torch.int32)
-        ix = torch.empty(total, dtype=torch.int64)  # uint32 values, 8-byte slots below
-        ix32 = torch.empty(total, dtype=torch.int32)
-        bad = self.lib.se_emu_schedule(ctypes.byref(a), st.data_ptr(), wv.data_ptr(),
-                                       ix32.data_ptr(), total)
-        ix.copy_(ix32.long() & 0xFFFFFFFF)
-        return bad, st, wv, ix
 
     def fastdiv(self, a: int, d: int) -> int:
         return self.lib.se_emu_fastdiv(a, d)
@@ -170,7 +164,7 @@ class Emulator:
         res = None if residual is None else residual.contiguous(memory_format=fmt)
         w1, b1, w2, b2 = self._params(acc, w1, b1, w2, b2)
         a = self._args(tuple(x.shape), w1.shape[0], x.dtype, cl, False, act=activation,
-                       gate=gate, relu=out_activation == "relu", **kw)
+                       gate=gate, relu=out_activation == "relu", one_layer=w2 is None, **kw)
         for slot, t in enumerate((xk, res, y, z, pre)):
             self._put(a, slot, t)
         for slot, t in zip(range(10, 14), (w1, b1, w2, b2)):
@@ -179,8 +173,9 @@ class Emulator:
         return y, z, pre
 
     def backward(self, grad_y, x, z, y, w1, b1, w2, b2, activation="relu", gate="sigmoid",
-                 want_grad_residual=False, x_is_output=False, **kw):
-        """(grad_x, grad_residual or None, grad_w1, grad_b1, grad_w2, grad_b2)."""
+                 want_grad_residual=False, x_is_output=False, pre=None, **kw):
+        """(grad_x, grad_residual or None, grad_w1, grad_b1, grad_w2, grad_b2); grad_w2 and
+        grad_b2 are None in the one-layer form (w2 None)."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         cl, xk = self._layout(x)
         fmt = torch.channels_last if cl else torch.contiguous_format
@@ -191,20 +186,37 @@ class Emulator:
         gres = (torch.full(x.shape, nan, dtype=x.dtype).contiguous(memory_format=fmt)
                 if (y is not None and want_grad_residual) else None)
         R, C = w1.shape
+        one_layer = w2 is None
         gw1 = torch.full((R, C), nan, dtype=acc)
         gb1 = torch.full((R,), nan, dtype=acc)
-        gw2 = torch.full((C, R), nan, dtype=acc)
-        gb2 = torch.full((C,), nan, dtype=acc)
+        gw2 = None if one_layer else torch.full((C, R), nan, dtype=acc)
+        gb2 = None if one_layer else torch.full((C,), nan, dtype=acc)
         w1, b1, w2, b2 = self._params(acc, w1, b1, w2, b2)
         zc = z.to(acc).contiguous()
+        if pre is None:  # as se_cuda_ops.cpp's pre_from_z
+            pre = pre_from_z(zc, w1, b1, w2, b2, activation)
+        pre = pre.to(acc).contiguous()
         a = self._args(tuple(x.shape), R, x.dtype, cl, True, act=activation, gate=gate,
-                       from_y=x_is_output, **kw)
+                       from_y=x_is_output, one_layer=one_layer, **kw)
         for slot, t in enumerate((gy, xk, mask, gx, gres, zc, gw1, gb1, gw2, gb2)):
             self._put(a, slot, t)
-        for slot, t in zip(range(10, 14), (w1, b1, w2, b2)):
+        for slot, t in zip(range(10, 15), (w1, b1, w2, b2, pre)):
             self._put(a, slot, t)
         self._run(a)
         return gx, gres, gw1, gb1, gw2, gb2
+
+
+ACT_FNS = {"relu": torch.relu, "silu": torch.nn.functional.silu,
+           "hardswish": torch.nn.functional.hardswish, "gelu": torch.nn.functional.gelu}
+
+
+def pre_from_z(z, w1, b1, w2, b2, activation):
+    """[a1 | a2] from z, as the CUDA host code computes it when the backward gets no pre."""
+    a1 = z @ w1.t() + (0 if b1 is None else b1)
+    if w2 is None:
+        return torch.cat([a1, a1], dim=1)
+    a2 = ACT_FNS[activation](a1) @ w2.t() + (0 if b2 is None else b2)
+    return torch.cat([a1, a2], dim=1)
 
 
 def load() -> Optional[Emulator]:

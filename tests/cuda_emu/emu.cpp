@@ -24,11 +24,13 @@ constexpr int kIdleRounds = 2000;  // scheduler rounds without progress = deadlo
 struct Fiber {
   ucontext_t ctx;
   std::unique_ptr<char[]> stack;
-  int tid = 0, block = 0;
-  bool done = false;
+  int tid = 0, slot = 0;
+  bool done = true;
 };
 
+// A resident block: the state of one of the `concurrency` slots.
 struct Block {
+  int64_t index = -1;  // blockIdx.x, -1: idle
   int arrived = 0;
   uint64_t gen = 0;
   int warp_arrived[kThreads / 32] = {};
@@ -68,33 +70,55 @@ void fiber_entry() {
   swapcontext(&f->ctx, &g->sched);
 }
 
-// Runs body() as grid x 256 fibers; false (and g->error) on a failure.
-bool run_grid(Launch& L, unsigned grid, uint64_t seed) {
-  L.grid = grid;
-  L.blocks.assign(grid, Block());
-  for (unsigned b = 0; b < grid; ++b) {
+void start_block(Launch& L, int slot, int64_t index) {
+  Block& b = L.blocks[size_t(slot)];
+  std::vector<unsigned char> smem = std::move(b.smem);
+  b = Block();
+  b.index = index;
+  b.smem = std::move(smem);
+  std::fill(b.smem.begin(), b.smem.end(), 0xff);  // NaN-filled: unstaged reads show
+  for (int t = 0; t < kThreads; ++t) {
+    Fiber* f = L.fibers[size_t(slot) * kThreads + size_t(t)].get();
+    f->done = false;
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack.get();
+    f->ctx.uc_stack.ss_size = kStackBytes;
+    f->ctx.uc_link = nullptr;
+    makecontext(&f->ctx, fiber_entry, 0);
+  }
+}
+
+// Runs body() for blocks 0 .. grid-1, `concurrency` of them resident at a time, in
+// a seeded random order, their threads interleaved at every barrier and shuffle;
+// false (and g->error) on a failure.
+bool run_grid(Launch& L, int64_t grid, int concurrency, uint64_t seed) {
+  L.grid = unsigned(grid);
+  const int slots = int(std::max<int64_t>(1, std::min<int64_t>(concurrency, grid)));
+  L.blocks.assign(size_t(slots), Block());
+  L.fibers.clear();
+  for (int b = 0; b < slots; ++b) {
     for (int t = 0; t < kThreads; ++t) {
       auto f = std::make_unique<Fiber>();
       f->tid = t;
-      f->block = int(b);
+      f->slot = b;
       f->stack.reset(new char[kStackBytes]);
-      getcontext(&f->ctx);
-      f->ctx.uc_stack.ss_sp = f->stack.get();
-      f->ctx.uc_stack.ss_size = kStackBytes;
-      f->ctx.uc_link = nullptr;
-      makecontext(&f->ctx, fiber_entry, 0);
       L.fibers.push_back(std::move(f));
     }
   }
   std::mt19937_64 rng(seed);
-  std::vector<size_t> order(L.fibers.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::vector<int64_t> order(size_t(std::max<int64_t>(grid, 0)));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
+  std::shuffle(order.begin(), order.end(), rng);
+  size_t next = 0;
+  for (int b = 0; b < slots && next < order.size(); ++b) start_block(L, b, order[next++]);
+  std::vector<size_t> fo(L.fibers.size());
+  for (size_t i = 0; i < fo.size(); ++i) fo[i] = i;
   int idle = 0;
   for (;;) {
-    std::shuffle(order.begin(), order.end(), rng);
+    std::shuffle(fo.begin(), fo.end(), rng);
     const uint64_t before = L.progress;
     bool any = false;
-    for (size_t i : order) {
+    for (size_t i : fo) {
       Fiber* f = L.fibers[i].get();
       if (f->done) continue;
       any = true;
@@ -102,11 +126,22 @@ bool run_grid(Launch& L, unsigned grid, uint64_t seed) {
       swapcontext(&L.sched, &f->ctx);
       if (L.failed) return false;
     }
+    for (int b = 0; b < slots; ++b) {  // finished blocks make room for the next ones
+      Block& blk = L.blocks[size_t(b)];
+      if (blk.index < 0) continue;
+      bool done = true;
+      for (int t = 0; t < kThreads && done; ++t) done = L.fibers[size_t(b) * kThreads + t]->done;
+      if (!done) continue;
+      blk.index = -1;
+      if (next < order.size()) {
+        start_block(L, b, order[next++]);
+        any = true;
+      }
+    }
     if (!any) return true;
     if (L.progress == before) {
       if (++idle > kIdleRounds) {
-        L.error = "deadlock: no thread made progress (a wait on a later ticket, or a barrier "
-                  "not reached by every thread)";
+        L.error = "deadlock: no thread made progress (a barrier not reached by every thread)";
         return false;
       }
     } else {
@@ -118,13 +153,14 @@ bool run_grid(Launch& L, unsigned grid, uint64_t seed) {
 }  // namespace
 
 Dim3 thread_index() { return {unsigned(g->cur->tid), 0, 0}; }
-Dim3 block_index() { return {unsigned(g->cur->block), 0, 0}; }
+Dim3 block_index() { return {unsigned(g->blocks[size_t(g->cur->slot)].index), 0, 0}; }
 Dim3 grid_dim() { return {g->grid, 1, 1}; }
 
 void fail(const std::string& what) {
   if (!g->failed) {
     g->failed = true;
-    g->error = what + " (block " + std::to_string(g->cur->block) + ", thread " +
+    g->error = what + " (block " + std::to_string(g->blocks[size_t(g->cur->slot)].index) +
+               ", thread " +
                std::to_string(g->cur->tid) + ")";
   }
   swapcontext(&g->cur->ctx, &g->sched);
@@ -132,7 +168,7 @@ void fail(const std::string& what) {
 }
 
 void barrier() {
-  Block& b = g->blocks[g->cur->block];
+  Block& b = g->blocks[size_t(g->cur->slot)];
   const uint64_t gen = b.gen;
   if (++b.arrived == kThreads) {
     b.arrived = 0;
@@ -144,7 +180,7 @@ void barrier() {
 }
 
 void warp_barrier() {
-  Block& b = g->blocks[g->cur->block];
+  Block& b = g->blocks[size_t(g->cur->slot)];
   const int w = g->cur->tid / 32;
   const uint64_t gen = b.warp_gen[w];
   if (++b.warp_arrived[w] == 32) {
@@ -156,9 +192,9 @@ void warp_barrier() {
   while (b.warp_gen[w] == gen) yield();
 }
 
-void* warp_slot() { return &g->blocks[g->cur->block].slots[g->cur->tid]; }
+void* warp_slot() { return &g->blocks[size_t(g->cur->slot)].slots[g->cur->tid]; }
 void* warp_slot_of(int lane) {
-  return &g->blocks[g->cur->block].slots[(g->cur->tid / 32) * 32 + lane];
+  return &g->blocks[size_t(g->cur->slot)].slots[(g->cur->tid / 32) * 32 + lane];
 }
 
 }  // namespace se_emu
@@ -182,11 +218,8 @@ void emu_check_access(const void* p, int bytes, bool write) {
                " bytes outside every buffer");
 }
 
-void emu_spin_wait() { se_emu::yield(); }
-void emu_counter_changed() { ++se_emu::g->progress; }
-
 unsigned char* emu_block_shared(int bytes) {
-  auto& smem = se_emu::g->blocks[se_emu::g->cur->block].smem;
+  auto& smem = se_emu::g->blocks[size_t(se_emu::g->cur->slot)].smem;
   if (smem.empty()) smem.assign(size_t(bytes), 0xff);  // NaN-filled: unstaged reads show
   if (smem.size() != size_t(bytes)) se_emu::fail("two sizes of block shared memory");
   return smem.data();
@@ -202,10 +235,10 @@ namespace {
 using namespace se_fused::cuda;
 
 // Tensor slots of EmuArgs::t. Forward: x, res, y, z, pre. Backward: gy, v, mask, gx,
-// gres, z, gw1, gb1, gw2, gb2. Both: w1, b1, w2, b2 at 10..13.
+// gres, z, gw1, gb1, gw2, gb2, and pre at 14. Both: w1, b1, w2, b2 at 10..13.
 enum Slot { kX = 0, kRes, kY, kZ, kPre };
 enum BSlot { kGy = 0, kV, kMask, kGx, kGres, kBz, kGw1, kGb1, kGw2, kGb2 };
-enum PSlot { kW1 = 10, kB1, kW2, kB2, kSlots = 16 };
+enum PSlot { kW1 = 10, kB1, kW2, kB2, kBpre, kSlots = 16 };
 
 }  // namespace
 
@@ -213,16 +246,17 @@ extern "C" {
 
 struct EmuArgs {
   int64_t N, C, H, W, R;
-  int32_t dtype, channels_last, act, gate, relu, from_y, backward, grid;
-  int64_t wave_bytes;
+  int32_t dtype, channels_last, act, gate, relu, from_y, backward, one_layer, concurrency;
+  int32_t samples2;
+  int64_t l2_bytes;
   uint64_t seed;
   void* t[kSlots];
   int64_t bytes[kSlots];
 };
 
 struct EmuPlan {
-  int64_t total, waves, wave_samples, tile_samples, per_sample, ws_size, n_counters;
-  int32_t vec, long_rows, stage_s, seg_lanes, seg_groups;
+  int64_t grid1, grid2, ws_size, n_counters, CTw, CTn, Tp, CG, CGn, NT, M2;
+  int32_t vec, keep, reverse, long_rows;
 };
 
 }  // extern "C"
@@ -233,20 +267,20 @@ bool aligned(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>
 
 Plan plan_of(const EmuArgs& a) {
   static const int kEsize[4] = {4, 2, 2, 8};
+  const int esize = kEsize[a.dtype];
   bool vec = true;
-  const int streamed[] = {0, 1, 2, 3, 4};  // forward: x, res, y; backward: gy, v, mask, gx, gres
-  for (int s : streamed) {
-    if (!a.backward && s > kY) break;
-    vec = vec && aligned(a.t[s]);
-  }
-  PlanInput in{a.N,       a.C, a.H * a.W,          a.R, a.channels_last != 0, a.backward != 0,
-               a.backward && a.t[kMask] != nullptr, kEsize[a.dtype], vec, a.wave_bytes};
+  // forward: x, res, y; backward: gy, v, mask, gx, gres
+  for (int s = 0; s <= (a.backward ? int(kGres) : int(kY)); ++s) vec = vec && aligned(a.t[s]);
+  const int64_t numel = a.N * a.C * a.H * a.W * esize;
+  const int64_t reread = a.backward ? numel * (a.t[kMask] != nullptr ? 2 : 1) : numel;
+  PlanInput in{a.N,   a.C,  a.H * a.W,          a.R, a.channels_last != 0, a.backward != 0,
+               a.one_layer != 0, esize, vec, reread <= a.l2_bytes / 2, a.samples2};
   return make_plan(in);
 }
 
 template <typename T, bool CL, bool Flag>
-void run_kernel(se_emu::Launch& L, const EmuArgs& a, const Plan& plan, void* ws,
-                uint32_t* counters) {
+void set_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, const Plan& plan,
+                 void* ws, uint32_t* counters) {
   if (!a.backward) {
     ForwardLaunch l{};
     l.plan = plan;
@@ -260,106 +294,39 @@ void run_kernel(se_emu::Launch& L, const EmuArgs& a, const Plan& plan, void* ws,
     l.workspace = ws;
     l.counters = counters;
     const ForwardParams<T> p = forward_params<T>(l);
-    L.body = [p]() { se_forward_kernel<T, CL, Flag>(p); };
+    L1.body = [p]() { se_squeeze_kernel<T, CL>(p); };
+    L2.body = [p]() { se_scale_kernel<T, CL, Flag>(p); };
   } else {
     BackwardLaunch l{};
     l.plan = plan;
     l.gy = a.t[kGy], l.v = a.t[kV], l.mask = a.t[kMask];
-    l.gx = a.t[kGx], l.gres = a.t[kGres], l.z = a.t[kBz];
+    l.gx = a.t[kGx], l.gres = a.t[kGres], l.z = a.t[kBz], l.pre = a.t[kBpre];
     l.w1 = a.t[kW1], l.b1 = a.t[kB1], l.w2 = a.t[kW2], l.b2 = a.t[kB2];
     l.gw1 = a.t[kGw1], l.gb1 = a.t[kGb1], l.gw2 = a.t[kGw2], l.gb2 = a.t[kGb2];
     l.act = a.act, l.gate = a.gate, l.from_y = a.from_y != 0;
     l.workspace = ws;
     l.counters = counters;
     const BackwardParams<T> p = backward_params<T>(l);
-    L.body = [p]() { se_backward_kernel<T, CL, Flag>(p); };
+    L1.body = [p]() { se_reduce_kernel<T, CL, Flag>(p); };
+    L2.body = [p]() { se_map_kernel<T, CL, Flag>(p); };
   }
 }
 
 template <typename T>
-void select_kernel(se_emu::Launch& L, const EmuArgs& a, const Plan& plan, void* ws,
-                   uint32_t* counters) {
+void select_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, const Plan& plan,
+                    void* ws, uint32_t* counters) {
   const bool flag = a.backward ? a.t[kMask] != nullptr : a.t[kRes] != nullptr;
   if (a.channels_last) {
-    flag ? run_kernel<T, true, true>(L, a, plan, ws, counters)
-         : run_kernel<T, true, false>(L, a, plan, ws, counters);
+    flag ? set_kernels<T, true, true>(L1, L2, a, plan, ws, counters)
+         : set_kernels<T, true, false>(L1, L2, a, plan, ws, counters);
   } else {
-    flag ? run_kernel<T, false, true>(L, a, plan, ws, counters)
-         : run_kernel<T, false, false>(L, a, plan, ws, counters);
+    flag ? set_kernels<T, false, true>(L1, L2, a, plan, ws, counters)
+         : set_kernels<T, false, false>(L1, L2, a, plan, ws, counters);
   }
 }
 
-}  // namespace
-
-extern "C" {
-
-// The plan the CUDA host code would make for this call (no kernel run).
-int se_emu_plan(const EmuArgs* a, EmuPlan* out) {
-  const Plan p = plan_of(*a);
-  *out = EmuPlan{p.total,       p.W,          p.WS,          p.NT,          p.st.per_sample,
-                 p.ws_size,     p.n_counters, p.st.vec,      p.st.long_rows, p.st.stage_s,
-                 p.st.seg_lanes, p.st.seg_groups};
-  return 0;
-}
-
-// decode() of every ticket, and the two properties the kernels rely on: every
-// (stage, wave, index) appears exactly once, and every dependency of an item has
-// only smaller tickets (so no block waits for a block that may not be running).
-// Returns the number of violations; the decoded items go to the arrays.
-int64_t se_emu_schedule(const EmuArgs* a, int32_t* stage, int32_t* wave, uint32_t* index,
-                        int64_t cap) {
-  const Plan p = plan_of(*a);
-  if (p.total > cap) return -1;
-  // last ticket of each (stage, wave), and how many of its items were seen
-  std::vector<int64_t> last(size_t(kNumStages) * (p.W + 1), -1), seen(last.size(), 0);
-  auto key = [&](int s, int w) { return size_t(s) * (p.W + 1) + size_t(w < 0 ? p.W : w); };
-  int64_t bad = 0;
-  for (int64_t t = 0; t < p.total; ++t) {
-    const Item it = p.decode(uint32_t(t));
-    stage[t] = it.stage, wave[t] = it.wave, index[t] = it.index;
-    if (it.stage < 0 || it.index >= p.count(it.stage, it.wave)) {
-      ++bad;
-      continue;
-    }
-    last[key(it.stage, it.wave)] = t;
-    ++seen[key(it.stage, it.wave)];
-  }
-  for (int s = 0; s < kNumStages; ++s) {
-    if ((s >= kBwdFc1) != p.backward) continue;  // the other pass's stages
-    for (int w = 0; w <= p.W; ++w) {
-      const int64_t want = p.count(s, w);
-      if (seen[key(s, w)] != want) ++bad;
-    }
-  }
-  for (int64_t t = 0; t < p.total; ++t) {
-    const Item it = p.decode(uint32_t(t));
-    for (int i = 0; i < 2; ++i) {
-      int s, w;
-      if (p.dependency(it, i, &s, &w) && last[key(s, w)] >= t) ++bad;
-    }
-    if (it.stage == kBwdWeights) {
-      for (int w = 0; w < p.W; ++w) {
-        if (last[key(kBwdGate, w)] >= t) ++bad;
-      }
-    }
-  }
-  return bad;
-}
-
-uint64_t se_emu_fastdiv(uint64_t a, uint64_t d) { return FastDiv::of(d).div(a); }
-
-// Runs the forward or backward kernel on host buffers. 0 on success, else 1 and a
-// message in err.
-int se_emu_run(const EmuArgs* a, char* err, int errlen) {
-  const Plan plan = plan_of(*a);
-  const size_t acc = a->dtype == 3 ? 8 : 4;
-  std::vector<unsigned char> ws(size_t(plan.ws_size) * acc + 16);
-  // NaN-filled workspace: a stage that reads a value nobody wrote shows it.
-  std::memset(ws.data(), 0xff, ws.size());
-  std::vector<uint32_t> counters(size_t(plan.n_counters), 0u);
-
-  se_emu::Launch L;
-  se_emu::g = &L;
+void add_regions(se_emu::Launch& L, const EmuArgs* a, std::vector<unsigned char>& ws,
+                 std::vector<uint32_t>& counters) {
   static const char* kNames[kSlots] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7",
                                        "t8", "t9", "w1", "b1", "w2", "b2", "t14", "t15"};
   for (int s = 0; s < kSlots; ++s) {
@@ -376,25 +343,72 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
   L.regions.push_back({ws.data(), ws.data() + ws.size(), true, "workspace"});
   const auto* c0 = reinterpret_cast<const unsigned char*>(counters.data());
   L.regions.push_back({c0, c0 + counters.size() * 4, true, "counters"});
+}
 
+}  // namespace
+
+extern "C" {
+
+// The plan the CUDA host code would make for this call (no kernel run).
+int se_emu_plan(const EmuArgs* a, EmuPlan* out) {
+  const Plan p = plan_of(*a);
+  *out = EmuPlan{p.grid1, p.grid2, p.ws_size, p.n_counters, p.t.CTw, p.t.CTn, p.t.Tp, p.CG,
+                 p.CGn,   p.NT,    p.M2,      p.vec,        p.keep,  p.reverse, p.t.long_rows};
+  return 0;
+}
+
+uint64_t se_emu_fastdiv(uint64_t a, uint64_t d) { return FastDiv::of(d).div(a); }
+
+// Runs the pass's two launches on host buffers (the counters zeroed before, the
+// workspace NaN-filled). 0 on success, else 1 and a message in err.
+int se_emu_run(const EmuArgs* a, char* err, int errlen) {
+  const Plan plan = plan_of(*a);
+  const size_t acc = a->dtype == 3 ? 8 : 4;
+  std::vector<unsigned char> ws(size_t(plan.ws_size) * acc + 16);
+  std::memset(ws.data(), 0xff, ws.size());
+  std::vector<uint32_t> counters(size_t(std::max<int64_t>(plan.n_counters, 1)), 0u);
+
+  se_emu::Launch L1, L2;
+  add_regions(L1, a, ws, counters);
+  add_regions(L2, a, ws, counters);
   void* wsp = ws.data();
   switch (a->dtype) {
-    case 0: select_kernel<float>(L, *a, plan, wsp, counters.data()); break;
-    case 1: select_kernel<c10::Half>(L, *a, plan, wsp, counters.data()); break;
-    case 2: select_kernel<c10::BFloat16>(L, *a, plan, wsp, counters.data()); break;
-    default: select_kernel<double>(L, *a, plan, wsp, counters.data()); break;
+    case 0: select_kernels<float>(L1, L2, *a, plan, wsp, counters.data()); break;
+    case 1: select_kernels<c10::Half>(L1, L2, *a, plan, wsp, counters.data()); break;
+    case 2: select_kernels<c10::BFloat16>(L1, L2, *a, plan, wsp, counters.data()); break;
+    default: select_kernels<double>(L1, L2, *a, plan, wsp, counters.data()); break;
   }
-  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(a->grid, plan.total)));
-  const bool ok = se_emu::run_grid(L, grid, a->seed);
-  se_emu::g = nullptr;
-  if (!ok) {
-    std::snprintf(err, size_t(errlen), "%s", L.error.c_str());
-    return 1;
-  }
-  if (counters[0] < plan.total) {
-    std::snprintf(err, size_t(errlen), "only %u of %lld tickets were claimed", counters[0],
-                  static_cast<long long>(plan.total));
-    return 1;
+  const int64_t grids[2] = {plan.grid1, plan.grid2};
+  se_emu::Launch* launches[2] = {&L1, &L2};
+  for (int i = 0; i < 2; ++i) {
+    se_emu::g = launches[i];
+    const bool ok = se_emu::run_grid(*launches[i], grids[i], a->concurrency, a->seed + i);
+    se_emu::g = nullptr;
+    if (!ok) {
+      std::snprintf(err, size_t(errlen), "launch %d: %s", i + 1, launches[i]->error.c_str());
+      return 1;
+    }
+    if (i == 0) {
+      // every tile counted in, so every finalizer ran exactly once
+      const bool sample_stage = !(plan.backward && plan.one_layer);
+      for (int64_t st = 0; st < plan.NST; ++st) {
+        for (int64_t cg = 0; cg < plan.CGn; ++cg) {
+          const uint32_t got = counters[size_t(plan.cnt_group + st * plan.CGn + cg)];
+          if (got != plan.group_arrivals(st, cg)) {
+            std::snprintf(err, size_t(errlen), "group counter (%lld, %lld) is %u, expected %u",
+                          static_cast<long long>(st), static_cast<long long>(cg), got,
+                          plan.group_arrivals(st, cg));
+            return 1;
+          }
+        }
+        const uint32_t got = counters[size_t(plan.cnt_sample + st)];
+        if (got != (sample_stage ? uint32_t(plan.CGn) : 0u)) {
+          std::snprintf(err, size_t(errlen), "sample counter %lld is %u",
+                        static_cast<long long>(st), got);
+          return 1;
+        }
+      }
+    }
   }
   return 0;
 }

@@ -1,0 +1,243 @@
+// The plan of one pass: how x is cut into streaming tiles, how the tiles are
+// grouped for the last-arrival handoffs, the grids of the two launches, the
+// counters and the workspace.
+//
+// Every summation order is fixed by the shape alone (N, C, H*W, R, layout, dtype),
+// never by the grid, the L2 size, the samples a scale block takes or pointer
+// alignment: those change which block computes a value and when, not how.
+//
+// Plain C++ (no CUDA headers): the host code that plans a call includes it too.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) && !defined(SE_CUDA_EMULATION)
+#define SE_HOST_DEV __host__ __device__ __forceinline__
+#else
+#define SE_HOST_DEV inline
+#endif
+
+namespace se_fused {
+namespace cuda {
+
+// One block shape for every kernel: 8 warps.
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kGranule = 16;  // bytes per vector access
+// Static shared memory of every kernel: a streaming tile stages 16 KB; the
+// per-channel constants of a scale/map block and the z / da2 tile of a
+// finalizer take at most 16 KB.
+constexpr int kSmemBytes = 24 * 1024;
+constexpr int kStageBytes = 16 * 1024;
+// channels_last tiles: each thread walks this many pixel rows of its granule column.
+constexpr int kPixelsPerThread = 4;
+// Channels of a finalizer's group and of an NCHW channel tile, at most.
+constexpr int kMaxGroupChannels = 256;
+// Weight-gradient tiles: 32 x 32 outputs, 4 per thread.
+constexpr int kGradTile = 32;
+
+SE_HOST_DEV int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+SE_HOST_DEV int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+SE_HOST_DEV int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Samples per finalizer tile and per scale/map block, at most: the accumulators
+// of the small layers' dot products (one per sample) stay in registers.
+template <typename acc_t>
+struct MaxSamples {
+  static constexpr int value = sizeof(acc_t) == 8 ? 4 : 8;
+};
+SE_HOST_DEV int max_samples(int acc_size) { return acc_size == 8 ? 4 : 8; }
+
+// a / d for 64-bit a and a divisor fixed per call, without a division instruction
+// (Granlund & Montgomery, "Division by invariant integers using multiplication",
+// fig. 4.1): q = (t + ((a - t) >> s1)) >> s2 with t = mulhi(m, a).
+struct FastDiv {
+  uint64_t d = 1, m = 1;
+  int s1 = 0, s2 = 0;
+  static FastDiv of(uint64_t d) {
+    FastDiv f;
+    f.d = d;
+    int l = 0;
+    while (l < 63 && (uint64_t(1) << l) < d) ++l;
+    f.m = uint64_t(((unsigned __int128)((uint64_t(1) << l) - d) << 64) / d) + 1;
+    f.s1 = l < 1 ? l : 1;
+    f.s2 = l > 1 ? l - 1 : 0;
+    return f;
+  }
+  SE_HOST_DEV uint64_t div(uint64_t a) const {
+#if defined(__CUDA_ARCH__)
+    const uint64_t t = __umul64hi(m, a);
+#else
+    const uint64_t t = uint64_t(((unsigned __int128)m * a) >> 64);
+#endif
+    return (t + ((a - t) >> s1)) >> s2;
+  }
+};
+
+inline int64_t pow2_ceil(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+inline int64_t pow2_floor(int64_t v) {
+  int64_t p = 1;
+  while (p * 2 <= v) p <<= 1;
+  return p;
+}
+
+// A streaming tile is (sample n, channel tile ct, part): CTn channel tiles of CTw
+// channels, Tp parts each.
+//   NCHW: channel tile ct is the contiguous span of its channels' rows; parts are
+//   pieces of L elements of it (rows may cross parts; the last channel tile may
+//   have fewer parts, the rest are empty tiles).
+//   channels_last: CTw = TC granules of channels; a part is PT pixels.
+struct Tiles {
+  int64_t CTw = 1, CTn = 1, Tp = 1;
+  // NCHW
+  int64_t L = 1;
+  int log2_L = 0;
+  FastDiv hw_div;           // element offset within a sample -> channel
+  int seg_lanes = 32;       // lanes that sum one row segment, then a xor tree
+  int seg_groups = 1;       // such groups per segment (long rows), added in order
+  bool long_rows = false;   // H*W >= L: a part touches at most two rows
+  // channels_last
+  int TC = 1, TP = 1;
+  int64_t PT = 1;
+};
+
+struct Plan {
+  int64_t N = 0, C = 0, HW = 0, R = 0;
+  bool cl = false, backward = false, one_layer = false;
+  int esize = 4, acc_size = 4;
+  bool vec = false;   // 16-byte granules; else element by element (same sums)
+  bool keep = false;  // launch 1 keeps the re-read tensors in L2 (they fit)
+  bool reverse = false;  // launch 2 walks its tiles from the end (what launch 1 left in L2)
+  Tiles t;
+  double inv_hw = 1.0;
+  // Finalizer groups: sample tiles of NT samples x channel groups of CG channels
+  // (whole channel tiles, cts_per_group of them).
+  int64_t NT = 1, NST = 1, CG = 1, CGn = 1, cts_per_group = 1;
+  // Launch 2: blocks of M2 samples of one (channel tile, part).
+  int64_t M2 = 1, NS2 = 1;
+  int64_t grid1 = 0, grid2_tiles = 0, n_gw1 = 0, n_gw2 = 0, grid2 = 0;
+  // counters (uint32): per (sample tile, channel group), then per sample tile
+  int64_t cnt_group = 0, cnt_sample = 0, n_counters = 0;
+  // workspace offsets (acc_t elements)
+  int64_t ws_rowsum = 0, ws_edges = 0, ws_part = 0, ws_p = 0, ws_h = 0, ws_da2 = 0, ws_da1 = 0,
+          ws_size = 0;
+
+  SE_HOST_DEV int64_t per_sample() const { return t.CTn * t.Tp; }
+  // Launch 1 block -> (n, ct, part).
+  SE_HOST_DEV void tile_of(int64_t b, int64_t* n, int64_t* ct, int64_t* part) const {
+    *part = b % t.Tp;
+    const int64_t q = b / t.Tp;
+    *ct = q % t.CTn;
+    *n = q / t.CTn;
+  }
+  SE_HOST_DEV int64_t samples_in(int64_t n0, int64_t m) const { return imin(m, N - n0); }
+  // Arrivals a group counter waits for: every tile of its samples and channel tiles.
+  SE_HOST_DEV uint32_t group_arrivals(int64_t st, int64_t cg) const {
+    const int64_t cts = imin(cts_per_group, t.CTn - cg * cts_per_group);
+    return uint32_t(samples_in(st * NT, NT) * cts * t.Tp);
+  }
+};
+
+struct PlanInput {
+  int64_t N, C, HW, R;
+  bool channels_last, backward, one_layer;
+  int esize;            // bytes per element of x
+  bool vec;             // all streamed pointers 16-byte aligned (checked by the caller)
+  bool fits;            // the re-read tensors fit in half the L2
+  int64_t samples2;     // launch 2 samples per block (0: the most; a test knob)
+};
+
+inline Plan make_plan(const PlanInput& in) {
+  Plan p;
+  p.N = in.N, p.C = in.C, p.HW = in.HW, p.R = in.R;
+  p.cl = in.channels_last;
+  p.backward = in.backward;
+  p.one_layer = in.one_layer;
+  p.esize = in.esize;
+  p.acc_size = in.esize == 8 ? 8 : 4;
+  const int64_t V = kGranule / in.esize;
+  Tiles& t = p.t;
+  if (!p.cl) {
+    // Forward tiles stage x as it is (16 KB); backward tiles stage g*v in the
+    // accumulation type (16 KB).
+    t.L = (p.backward ? kStageBytes / p.acc_size : kStageBytes / in.esize);
+    while ((int64_t(1) << t.log2_L) < t.L) ++t.log2_L;
+    t.hw_div = FastDiv::of(uint64_t(in.HW));
+    // Channel tiles start on granule boundaries: a multiple of gran channels.
+    int64_t gran = 1;
+    while ((gran * in.HW) % V != 0) gran *= 2;
+    const int64_t cap = kMaxGroupChannels / gran * gran;
+    t.CTw = in.HW < t.L ? imin(cap, imax(gran, t.L / in.HW / gran * gran)) : gran;
+    t.CTw = imin(t.CTw, ceil_div(in.C, gran) * gran);
+    t.CTn = ceil_div(in.C, t.CTw);
+    t.Tp = ceil_div(t.CTw * in.HW, t.L);
+    p.vec = in.vec && (in.C * in.HW) % V == 0;
+    t.seg_lanes = int(imin(32, pow2_ceil(ceil_div(in.HW, 4))));
+    const int64_t max_segs = ceil_div(t.L, in.HW) + 1;
+    t.seg_groups = int(pow2_floor(imax(1, (kThreads / t.seg_lanes) / max_segs)));
+    t.long_rows = in.HW >= t.L;
+  } else {
+    const int64_t granules = ceil_div(in.C, V);
+    t.TC = int(imin(32, pow2_ceil(granules)));
+    t.TP = kThreads / t.TC;
+    t.CTw = int64_t(t.TC) * V;
+    t.CTn = ceil_div(in.C, t.CTw);
+    t.PT = kPixelsPerThread * int64_t(t.TP);
+    t.Tp = ceil_div(in.HW, t.PT);
+    p.vec = in.vec && in.C % V == 0;
+  }
+  p.inv_hw = 1.0 / double(in.HW);
+  p.keep = in.fits;
+  p.reverse = !in.fits;
+
+  const int64_t ms = max_samples(p.acc_size);
+  p.NT = imin(ms, p.N);
+  p.NST = ceil_div(p.N, p.NT);
+  p.cts_per_group = ceil_div(64, t.CTw);
+  p.CG = p.cts_per_group * t.CTw;
+  p.CGn = ceil_div(t.CTn, p.cts_per_group);
+  p.M2 = imin(in.samples2 > 0 ? imin(in.samples2, ms) : ms, p.N);
+  p.NS2 = ceil_div(p.N, p.M2);
+
+  p.grid1 = p.N * p.per_sample();
+  p.grid2_tiles = p.NS2 * p.per_sample();
+  if (p.backward) {
+    p.n_gw1 = ceil_div(p.R, kGradTile) * ceil_div(p.C, kGradTile);
+    // gb2 comes from these tiles, so there is at least one column of them even for R = 0.
+    p.n_gw2 = p.one_layer ? 0 : ceil_div(p.C, kGradTile) * imax(1, ceil_div(p.R, kGradTile));
+  }
+  p.grid2 = p.grid2_tiles + p.n_gw1 + p.n_gw2;
+
+  p.cnt_group = 0;
+  p.cnt_sample = p.NST * p.CGn;
+  p.n_counters = p.cnt_sample + p.NST;
+
+  const int64_t N = p.N, C = p.C, R = p.R;
+  int64_t o = 0;
+  auto take = [&o](int64_t n) {
+    const int64_t at = o;
+    o += ceil_div(n, 4) * 4;  // keep every array 16-byte aligned
+    return at;
+  };
+  if (!p.cl) {
+    p.ws_rowsum = take(N * C);
+    p.ws_edges = take(N * p.per_sample() * 2);
+  } else {
+    p.ws_part = take(N * t.Tp * C);
+  }
+  p.ws_p = take(N * p.CGn * R);  // forward: fc1 partials; backward: dh partials
+  p.ws_h = take(N * R);
+  if (p.backward) {
+    p.ws_da2 = take(N * C);
+    p.ws_da1 = take(N * R);
+  }
+  p.ws_size = o;
+  return p;
+}
+
+}  // namespace cuda
+}  // namespace se_fused

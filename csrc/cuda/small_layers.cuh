@@ -1,0 +1,325 @@
+// The small layers, spread over both launches so that none of them sits on a
+// chain that other blocks wait for (no block ever waits).
+//
+// Launch 1, in the block that arrives last at a counter:
+//   per (sample tile, channel group): the channels' sums (z, or d = sum g*v),
+//     then this group's share of the next layer: forward P = W1[:, group] z,
+//     backward da2 = gate_input_grad(a2, d) and Q = da2 W2[group, :];
+//   per sample tile: the shares added in group order (forward a1 = sum P + b1,
+//     h = act(a1); backward da1 = (sum Q) act'(a1), h).
+// Launch 2, in every scale/map block, for its own (sample, channel) pairs: the
+// forward's a2 = W2 h + b2 and s = gate(a2); the backward's s and dz = da1 W1.
+// Each value is computed by one function in one order, whichever block runs it,
+// so the bits never depend on the grid. Extra blocks of the backward's launch 2
+// compute the weight gradients.
+#pragma once
+
+#include "squeeze.cuh"
+
+namespace se_fused {
+namespace cuda {
+
+// Parameters of the small layers, in the accumulation type, contiguous.
+template <typename acc_t>
+struct Layers {
+  const acc_t* w1;  // (R, C)
+  const acc_t* b1;  // (R,) or nullptr
+  const acc_t* w2;  // (C, R); nullptr in the one-layer form
+  const acc_t* b2;  // (C,) or nullptr
+  Act act;
+  Gate gate;
+  bool one_layer;   // s = gate(a1): no w2, act is the identity, R == C
+};
+
+// Per-sample values between the launches.
+template <typename acc_t>
+struct Excite {
+  acc_t* z;    // (N, C): forward output, backward input
+  acc_t* pre;  // (N, R + C) [a1 | a2]: forward output, backward input
+  acc_t* p;    // (N, CGn, R) workspace: per channel group, P (forward) or Q (backward)
+  acc_t* h;    // (N, R) workspace: act(a1)
+  acc_t* da2;  // (N, C) workspace, backward
+  acc_t* da1;  // (N, R) workspace, backward
+};
+
+template <typename acc_t, typename Launch>
+inline Layers<acc_t> layers_of(const Launch& l) {
+  return {static_cast<const acc_t*>(l.w1), static_cast<const acc_t*>(l.b1),
+          static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), Act(l.act),
+          Gate(l.gate), l.plan.one_layer};
+}
+
+// out[m] = sum_k a(m, k) w[k] for m < M, k < K: lane l takes k = l, l + 32, ...
+// (fused multiply-adds), then the lanes' sums are added in a fixed xor tree. Every
+// lane of the warp calls it (M is the same in all) and gets the sums.
+template <int MM, typename acc_t, typename AF>
+SE_DEV void warp_dot(const acc_t* w, int64_t K, int M, const AF& a, acc_t (&out)[MM]) {
+#pragma unroll
+  for (int m = 0; m < MM; ++m) out[m] = acc_t(0);
+  for (int64_t k = threadIdx.x % 32; k < K; k += 32) {
+    const acc_t wk = load_ro(w + k);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      if (m < M) out[m] = se_fma(wk, a(m, k), out[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MM; ++m) {
+    if (m < M) out[m] = group_sum(out[m], 32);
+  }
+}
+
+// out[m] = sum_k a(m, k) w[k * ld] for m < M, k ascending, in one thread.
+template <int MM, typename acc_t, typename AF>
+SE_DEV void column_dot(const acc_t* w, int64_t ld, int64_t K, int M, const AF& a,
+                       acc_t (&out)[MM]) {
+#pragma unroll
+  for (int m = 0; m < MM; ++m) out[m] = acc_t(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t wk = load_ro(w + k * ld);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      if (m < M) out[m] = se_fma(wk, a(m, k), out[m]);
+    }
+  }
+}
+
+// The samples [n0, n0 + M) of sample tile st and the channels [c0, c0 + nc) of
+// channel group cg.
+struct GroupFrame {
+  int64_t n0, c0;
+  int M, nc;
+  SE_DEV GroupFrame(const Plan& p, int64_t st, int64_t cg)
+      : n0(st * p.NT), c0(cg * p.CG), M(int(p.samples_in(st * p.NT, p.NT))),
+        nc(int(imin(p.CG, p.C - cg * p.CG))) {}
+};
+
+// Launch 1: the count-in of one streaming tile; the last tile of its group runs
+// group(st, cg), and the last group of its sample tile runs sample(st) (when
+// `sample_stage`).
+template <typename Group, typename Sample>
+SE_DEV void last_arrivals(const Plan& p, int64_t n, int64_t ct, uint32_t* counters,
+                          volatile uint32_t* flag, bool sample_stage, const Group& group,
+                          const Sample& sample) {
+  const int64_t st = n / p.NT, cg = ct / p.cts_per_group;
+  if (!arrive_is_last(counters + p.cnt_group + st * p.CGn + cg, p.group_arrivals(st, cg), flag)) {
+    return;
+  }
+  group(st, cg);
+  if (!sample_stage) return;
+  if (!arrive_is_last(counters + p.cnt_sample + st, uint32_t(p.CGn), flag)) return;
+  sample(st);
+}
+
+// ---- forward ----------------------------------------------------------------------
+
+// z for the group's (sample, channel) pairs (into the output z and shared memory),
+// then P[n, cg, r] = sum over the group's channels of W1[r, c] z[n, c].
+template <bool CL, typename acc_t>
+SE_DEV void forward_group(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
+                          const Pieces<acc_t>& in, int64_t st, int64_t cg, unsigned char* smem) {
+  constexpr int MM = MaxSamples<acc_t>::value;
+  const GroupFrame f(p, st, cg);
+  acc_t* zs = reinterpret_cast<acc_t*>(smem);  // [M][nc]
+  const acc_t inv_hw = static_cast<acc_t>(p.inv_hw);
+  for (int e = threadIdx.x; e < f.M * f.nc; e += kThreads) {
+    const int64_t n = f.n0 + e / f.nc, c = f.c0 + e % f.nc;
+    const acc_t z = se_mul(row_total<CL>(p, in, n, c), inv_hw);
+    zs[e] = z;
+    store1(X.z + n * p.C + c, z);
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = threadIdx.x / 32; r < p.R; r += kWarps) {
+    acc_t acc[MM];
+    warp_dot<MM>(L.w1 + r * p.C + f.c0, f.nc, f.M,
+                 [&](int m, int64_t k) { return zs[m * f.nc + k]; }, acc);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      if (m < f.M && lane == 0) store1(X.p + ((f.n0 + m) * p.CGn + cg) * p.R + r, acc[m]);
+    }
+  }
+}
+
+// a1 = sum of P over the groups, in group order, + b1 (into pre); h = act(a1).
+template <typename acc_t>
+SE_DEV void forward_sample(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
+                           int64_t st) {
+  const int64_t n0 = st * p.NT, M = p.samples_in(n0, p.NT), R = p.R;
+  for (int64_t e = threadIdx.x; e < M * R; e += kThreads) {
+    const int64_t n = n0 + e / R, r = e % R;
+    acc_t a = acc_t(0);
+    for (int64_t g = 0; g < p.CGn; ++g) a += load_cg(X.p + (n * p.CGn + g) * R + r);
+    if (L.b1 != nullptr) a += load_ro(L.b1 + r);
+    store1(X.pre + n * (R + p.C) + r, a);
+    store1(X.h + n * R + r, act_forward(L.act, a));
+  }
+}
+
+// Launch 2: s for samples [n0, n0 + M) and channels [cb, cb + nch) into s_sm[m][ch];
+// a2 also into pre for the channels from own_from on (each (n, c) has one owner).
+template <typename acc_t>
+SE_DEV void forward_gates(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
+                          int64_t n0, int M, int64_t cb, int nch, int own_from, acc_t* s_sm) {
+  constexpr int MM = MaxSamples<acc_t>::value;
+  const int64_t R = p.R, C = p.C;
+  auto put = [&](int m, int ch, acc_t a2) {
+    const int64_t n = n0 + m, c = cb + ch;
+    s_sm[m * nch + ch] = gate_forward(L.gate, a2);
+    if (ch >= own_from) store1(X.pre + n * (R + C) + R + c, a2);
+  };
+  if (L.one_layer) {  // a2 = a1 = h (act is the identity)
+    for (int e = threadIdx.x; e < M * nch; e += kThreads) {
+      put(e / nch, e % nch, load_ro(X.h + (n0 + e / nch) * R + cb + e % nch));
+    }
+    return;
+  }
+  for (int ch = threadIdx.x / 32; ch < nch; ch += kWarps) {
+    const int64_t c = cb + ch;
+    acc_t acc[MM];
+    warp_dot<MM>(L.w2 + c * R, R, M, [&](int m, int64_t k) { return load_ro(X.h + (n0 + m) * R + k); },
+                 acc);
+    if (threadIdx.x % 32 == 0) {
+      const acc_t b = L.b2 != nullptr ? load_ro(L.b2 + c) : acc_t(0);
+#pragma unroll
+      for (int m = 0; m < MM; ++m) {
+        if (m < M) put(m, ch, L.b2 != nullptr ? acc[m] + b : acc[m]);
+      }
+    }
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------
+
+// da2 for the group's pairs from d = sum g*v and a2 (pre), then
+// Q[n, cg, r] = sum over the group's channels of da2[n, c] W2[c, r]. One layer:
+// da1 = da2, no Q.
+template <bool CL, typename acc_t>
+SE_DEV void backward_group(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
+                           const Pieces<acc_t>& in, bool from_y, int64_t st, int64_t cg,
+                           unsigned char* smem) {
+  constexpr int MM = MaxSamples<acc_t>::value;
+  const GroupFrame f(p, st, cg);
+  const int64_t R = p.R, C = p.C;
+  acc_t* ds = reinterpret_cast<acc_t*>(smem);  // [M][nc]
+  for (int e = threadIdx.x; e < f.M * f.nc; e += kThreads) {
+    const int64_t n = f.n0 + e / f.nc, c = f.c0 + e % f.nc;
+    const acc_t a2 = load_ro(X.pre + n * (R + C) + R + c);
+    const acc_t da2 = gate_input_grad(L.gate, a2, row_total<CL>(p, in, n, c), from_y);
+    ds[e] = da2;
+    store1(X.da2 + n * C + c, da2);
+    if (L.one_layer) store1(X.da1 + n * R + c, da2);
+  }
+  if (L.one_layer) return;
+  __syncthreads();
+  for (int64_t r = threadIdx.x; r < R; r += kThreads) {
+    acc_t acc[MM];
+    column_dot<MM>(L.w2 + f.c0 * R + r, R, f.nc, f.M,
+                   [&](int m, int64_t k) { return ds[m * f.nc + k]; }, acc);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      if (m < f.M) store1(X.p + ((f.n0 + m) * p.CGn + cg) * R + r, acc[m]);
+    }
+  }
+}
+
+// dh = sum of Q over the groups in group order; da1 = dh act'(a1); h = act(a1).
+template <typename acc_t>
+SE_DEV void backward_sample(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
+                            int64_t st) {
+  const int64_t n0 = st * p.NT, M = p.samples_in(n0, p.NT), R = p.R;
+  for (int64_t e = threadIdx.x; e < M * R; e += kThreads) {
+    const int64_t n = n0 + e / R, r = e % R;
+    acc_t dh = acc_t(0);
+    for (int64_t g = 0; g < p.CGn; ++g) dh += load_cg(X.p + (n * p.CGn + g) * R + r);
+    const acc_t a1 = load_ro(X.pre + n * (R + p.C) + r);
+    store1(X.da1 + n * R + r, se_mul(dh, act_derivative(L.act, a1)));
+    store1(X.h + n * R + r, act_forward(L.act, a1));
+  }
+}
+
+// Launch 2: s = gate(a2) and dz / HW (dz = sum_r da1[n, r] W1[r, c]) for samples
+// [n0, n0 + M) and channels [cb, cb + nch), into s_sm[m][ch] and d_sm[m][ch].
+template <typename acc_t>
+SE_DEV void backward_consts(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
+                            int64_t n0, int M, int64_t cb, int nch, acc_t* s_sm, acc_t* d_sm) {
+  constexpr int MM = MaxSamples<acc_t>::value;
+  const int64_t R = p.R, C = p.C;
+  const acc_t inv_hw = static_cast<acc_t>(p.inv_hw);
+  for (int ch = threadIdx.x; ch < nch; ch += kThreads) {
+    const int64_t c = cb + ch;
+    acc_t acc[MM];
+    column_dot<MM>(L.w1 + c, C, R, M,
+                   [&](int m, int64_t k) { return load_ro(X.da1 + (n0 + m) * R + k); }, acc);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      if (m < M) {
+        d_sm[m * nch + ch] = se_mul(acc[m], inv_hw);
+        s_sm[m * nch + ch] = gate_forward(L.gate, load_ro(X.pre + (n0 + m) * (R + C) + R + c));
+      }
+    }
+  }
+}
+
+// Weight and bias gradients over the whole batch, n ascending, in tiles of 32 x 32
+// (lanes along the output's contiguous index, warps along the other, 4 each):
+//   grad_w1 (R, C) = da1^T z; the tiles of the first channel block give grad_b1;
+//   grad_w2 (C, R) = da2^T h; the tiles of the first column block give grad_b2.
+template <typename acc_t>
+struct WeightGrads {
+  acc_t* gw1;  // (R, C)
+  acc_t* gb1;  // (R,)
+  acc_t* gw2;  // (C, R); nullptr in the one-layer form
+  acc_t* gb2;  // (C,)
+};
+
+template <typename acc_t>
+SE_DEV void grad_tile(int64_t N, const acc_t* rows, int64_t ld_rows, int64_t nrows,
+                      const acc_t* cols, int64_t ld_cols, int64_t ncols, int64_t r0, int64_t c0,
+                      acc_t* gw, acc_t* gb) {
+  constexpr int kPer = kGradTile / kWarps;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t c = c0 + lane;
+  acc_t acc[kPer], bsum[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) acc[i] = bsum[i] = acc_t(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const acc_t cv = c < ncols ? load_ro(cols + n * ld_cols + c) : acc_t(0);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t r = r0 + warp + kWarps * i;
+      if (r < nrows) {
+        const acc_t rv = load_ro(rows + n * ld_rows + r);
+        acc[i] = se_fma(rv, cv, acc[i]);
+        bsum[i] += rv;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t r = r0 + warp + kWarps * i;
+    if (r < nrows) {
+      if (c < ncols) store1(gw + r * ncols + c, acc[i]);
+      if (c0 == 0 && lane == 0) store1(gb + r, bsum[i]);
+    }
+  }
+}
+
+template <typename acc_t>
+SE_DEV void weight_grad_tile(const Plan& p, const Excite<acc_t>& X, const WeightGrads<acc_t>& G,
+                             int64_t idx) {
+  const int64_t N = p.N, C = p.C, R = p.R;
+  if (idx < p.n_gw1) {
+    const int64_t nct = ceil_div(C, kGradTile);
+    grad_tile(N, X.da1, R, R, X.z, C, C, (idx / nct) * kGradTile, (idx % nct) * kGradTile, G.gw1,
+              G.gb1);
+  } else {
+    idx -= p.n_gw1;
+    const int64_t nrt = imax(1, ceil_div(R, kGradTile));
+    grad_tile(N, X.da2, C, C, X.h, R, R, (idx / nrt) * kGradTile, (idx % nrt) * kGradTile, G.gw2,
+              G.gb2);
+  }
+}
+
+}  // namespace cuda
+}  // namespace se_fused
