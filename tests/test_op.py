@@ -278,7 +278,16 @@ def _call(over=None, **kw):
     (dict(b2=torch.randn(8, 1)), {}, ValueError, "b2 must have shape"),
     (dict(w1=torch.randint(0, 2, (2, 8))), {}, TypeError, "w1 must be a floating-point"),
     (dict(x=[1.0]), {}, TypeError, "x must be a torch.Tensor"),
-    ({}, dict(activation="gelu"), ValueError, "activation must be 'relu' or 'silu'"),
+    ({}, dict(activation="tanh"), ValueError,
+     "activation must be 'relu', 'silu', 'hardswish' or 'gelu', got 'tanh'"),
+    (dict(w2=None, b2=None), {}, ValueError,
+     r"with w2 None \(the one-layer form\) w1 must have shape \(C, C\)"),
+    (dict(w2=None, w1=torch.randn(8, 8)), {}, ValueError, "b2 was given but w2 is None"),
+    (dict(w2=None, w1=torch.randn(8, 8), b1=torch.randn(2), b2=None), {}, ValueError,
+     r"b1 must have shape \(C,\)"),
+    (dict(w2=None, w1=torch.randn(8, 8), b2=None), dict(activation="tanh"), ValueError,
+     "activation must be"),
+    (dict(w2=[1.0]), {}, TypeError, "w2 must be a torch.Tensor or None"),
     ({}, dict(gate="tanh"), ValueError, "gate must be 'sigmoid' or 'hardsigmoid'"),
     ({}, dict(activation=None), TypeError, "activation must be a string"),
     ({}, dict(out_activation="gelu"), ValueError, "out_activation must be None or 'relu'"),
@@ -296,7 +305,7 @@ def test_bad_input_raises_error_naming_argument(over, kw, exc, match):
 def test_reference_rejects_unknown_names_too():
     a = _good()
     with pytest.raises(ValueError, match="activation"):
-        reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="gelu")
+        reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="tanh")
 
 
 def test_output_relu_propagates_nan_like_torch_relu():

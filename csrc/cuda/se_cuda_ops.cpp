@@ -95,7 +95,7 @@ void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const Param
   l.dtype = dtype_of(dtype);
   l.w1 = p.w1.data_ptr();
   l.b1 = ptr_or_null(p.b1);
-  l.w2 = p.w2.data_ptr();
+  l.w2 = ptr_or_null(p.w2);
   l.b2 = ptr_or_null(p.b2);
   l.act = int(a.act);
   l.gate = int(a.gate);
@@ -115,16 +115,25 @@ void launch(const Launch& l, cudaError_t (*const (&launchers)[4])(const Launch&,
   C10_CUDA_CHECK(launchers[int(l.dtype)](l, int(env_int("SE_FUSED_CUDA_GRID")), stream));
 }
 
+// The v2 kernels always run both small layers.
+void check_two_layers(const SEArgs& a) {
+  TORCH_CHECK(!a.one_layer,
+              "se_fused: the one-layer form (w2 None) is not supported by the CUDA kernels "
+              "of this build; run it on the CPU or through se_fused.reference");
+}
+
 }  // namespace
 
 ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
-                             const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                             const c10::optional<at::Tensor>& b1,
+                             const c10::optional<at::Tensor>& w2,
                              const c10::optional<at::Tensor>& b2,
                              const c10::optional<at::Tensor>& residual,
                              c10::string_view activation, c10::string_view gate,
                              c10::string_view out_activation, bool inplace) {
   const SEArgs checked =
       check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
+  check_two_layers(checked);
   const c10::cuda::CUDAGuard guard(x.device());
   const ForwardCall c = prepare_forward(checked, x, w1, b1, w2, b2, residual, inplace);
   if (c.y.numel() == 0) return c;
@@ -151,12 +160,13 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& z,
                  const c10::optional<at::Tensor>& y, const at::Tensor& w1,
-                 const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                 const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
                  const c10::optional<at::Tensor>& b2, c10::string_view activation,
                  c10::string_view gate, bool want_grad_residual, bool x_is_output,
                  const c10::optional<at::Tensor>& pre) {
   const SEArgs checked =
       check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output, pre);
+  check_two_layers(checked);
   const c10::cuda::CUDAGuard guard(x.device());
   // The persistent kernel recomputes a1 and a2 from z in tiles that overlap the
   // reduce tiles, so pre is only checked here, not read.
