@@ -188,8 +188,12 @@ def test_every_option_matches_onnxruntime(exporter, activation, gate):
         # (hardswish may add one HardSigmoid per call too: x * HardSigmoid(x))
         assert len(alphas) >= len(BRANCHES), alphas
         assert alphas == [pytest.approx(1 / 6)] * len(alphas), alphas
-    got = run_ort(proto, x, residual)
-    assert len(got) == len(BRANCHES)
+    _assert_branches_match(run_ort(proto, x, residual), expected)
+
+
+def _assert_branches_match(got, expected):
+    """onnxruntime's outputs against PyTorch's, one per BRANCHES entry."""
+    assert len(got) == len(expected) == len(BRANCHES)
     for (bias, use_residual, out_relu), g, e in zip(BRANCHES, got, expected):
         torch.testing.assert_close(
             g, e, **TOL[torch.float32],
@@ -234,12 +238,7 @@ def test_one_layer_form_matches_onnxruntime(exporter, gate):
     if exporter == "torchscript":  # our symbolic: one Gemm per call, no activation
         types = op_types(proto)
         assert types.count("Gemm") == len(BRANCHES), types
-    got = run_ort(proto, x, residual)
-    for (bias, use_residual, out_relu), g, e in zip(BRANCHES, got, expected):
-        torch.testing.assert_close(
-            g, e, **TOL[torch.float32],
-            msg=lambda m, b=bias, r=use_residual, o=out_relu:
-                f"bias={b} residual={r} out_relu={o}: {m}")
+    _assert_branches_match(run_ort(proto, x, residual), expected)
 
 
 class _RawNewForms(nn.Module):

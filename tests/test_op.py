@@ -223,19 +223,9 @@ def test_opcheck_backward_op(masked, with_pre):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
-    graphs = []
-    backend = graph_capturing_backend(graphs)
-
-    torch._dynamo.reset()
     inp = make_inputs((4, 16, 7, 7), 4, torch.float32, LAYOUTS[layout], residual=True)
     kw = dict(activation="silu", gate="hardsigmoid", out_activation="relu")
-    fn = torch.compile(se_fused.squeeze_excite, fullgraph=True, backend=backend)
-    (y, grads), (y_ref, grads_ref) = run_both(inp, kw, fused=fn)
-    assert_close_dtype(y, y_ref, torch.float32)
-    for name in grads:
-        assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
-    assert any("se_fused.se_forward" in g for g in graphs)
-    assert any("se_fused.se_backward" in g for g in graphs)
+    y_ref, grads_ref = _compiled_matches_reference_with_fused_ops(inp, kw)
 
     torch._dynamo.reset()
     compiled = torch.compile(se_fused.squeeze_excite, fullgraph=True)  # inductor
@@ -248,11 +238,17 @@ def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
 @pytest.mark.parametrize("activation,one_layer", [("gelu", False), ("hardswish", False),
                                                   ("relu", True)])
 def test_torch_compile_fullgraph_new_forms_use_fused_ops(activation, one_layer):
-    graphs = []
-    torch._dynamo.reset()
     inp = make_inputs((4, 16, 5, 5), 4, torch.float32, torch.channels_last, residual=True,
                       one_layer=one_layer)
-    kw = dict(activation=activation, gate="sigmoid", out_activation="relu")
+    _compiled_matches_reference_with_fused_ops(
+        inp, dict(activation=activation, gate="sigmoid", out_activation="relu"))
+
+
+def _compiled_matches_reference_with_fused_ops(inp, kw):
+    """squeeze_excite under torch.compile(fullgraph=True) against the reference, with
+    se_forward and se_backward in the graphs; returns the reference's (y, grads)."""
+    graphs = []
+    torch._dynamo.reset()
     fn = torch.compile(se_fused.squeeze_excite, fullgraph=True,
                        backend=graph_capturing_backend(graphs))
     (y, grads), (y_ref, grads_ref) = run_both(inp, kw, fused=fn)
@@ -261,6 +257,7 @@ def test_torch_compile_fullgraph_new_forms_use_fused_ops(activation, one_layer):
         assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
     assert any("se_fused.se_forward" in g for g in graphs)
     assert any("se_fused.se_backward" in g for g in graphs)
+    return y_ref, grads_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
