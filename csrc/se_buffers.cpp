@@ -7,17 +7,18 @@ namespace se_fused {
 namespace {
 
 ParamTensors params_in(at::ScalarType acc, const at::Tensor& w1,
-                       const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                       const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
                        const c10::optional<at::Tensor>& b2) {
-  auto conv = [acc](const at::Tensor& t) { return t.to(acc).contiguous(); };
-  return {conv(w1), b1.has_value() ? conv(*b1) : at::Tensor(), conv(w2),
-          b2.has_value() ? conv(*b2) : at::Tensor()};
+  auto conv = [acc](const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? t->to(acc).contiguous() : at::Tensor();
+  };
+  return {conv(w1), conv(b1), conv(w2), conv(b2)};
 }
 
 }  // namespace
 
 ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
-                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
                             const c10::optional<at::Tensor>& b2,
                             const c10::optional<at::Tensor>& residual, bool inplace) {
   ForwardCall c;
@@ -38,7 +39,7 @@ ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tenso
 BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at::Tensor& x,
                               const at::Tensor& z, const c10::optional<at::Tensor>& y,
                               const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                              const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                              const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
                               bool want_grad_residual, const c10::optional<at::Tensor>& pre) {
   BackwardCall c;
   c.a = checked;
@@ -50,8 +51,9 @@ BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at
   const auto popts = x.options().dtype(acc);
   c.gw1 = at::empty({c.a.R, c.a.C}, popts);
   c.gb1 = at::empty({c.a.R}, popts);
-  c.gw2 = at::empty({c.a.C, c.a.R}, popts);
-  c.gb2 = at::empty({c.a.C}, popts);
+  // The one-layer form has no second layer: its gradients are (0,), never read.
+  c.gw2 = c.a.one_layer ? at::empty({0}, popts) : at::empty({c.a.C, c.a.R}, popts);
+  c.gb2 = c.a.one_layer ? at::empty({0}, popts) : at::empty({c.a.C}, popts);
   if (c.gx.numel() == 0) {
     for (at::Tensor* t : {&c.gw1, &c.gb1, &c.gw2, &c.gb2}) t->zero_();
     return c;

@@ -14,7 +14,10 @@ bool is_supported_x_dtype(at::ScalarType t) {
 Act parse_activation(c10::string_view name) {
   if (name == "relu") return Act::ReLU;
   if (name == "silu") return Act::SiLU;
-  TORCH_CHECK_VALUE(false, "se_fused: activation must be 'relu' or 'silu', got '",
+  if (name == "hardswish") return Act::HardSwish;
+  if (name == "gelu") return Act::GELU;
+  TORCH_CHECK_VALUE(false,
+                    "se_fused: activation must be 'relu', 'silu', 'hardswish' or 'gelu', got '",
                     std::string(name), "'");
 }
 
@@ -53,7 +56,7 @@ void check_bias(const c10::optional<at::Tensor>& b, const char* name, int64_t le
 }
 
 SEArgs check_common(const at::Tensor& x, const at::Tensor& w1,
-                    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                    const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
                     const c10::optional<at::Tensor>& b2, c10::string_view activation,
                     c10::string_view gate) {
   SEArgs a;
@@ -70,23 +73,37 @@ SEArgs check_common(const at::Tensor& x, const at::Tensor& w1,
                     a.H, ", ", a.W, "); the squeeze (mean over H, W) is undefined");
 
   check_parameter(w1, "w1", x);
-  check_parameter(w2, "w2", x);
+  // The name is checked in both forms; the one-layer form has no activation to apply.
+  a.act = parse_activation(activation);
+  a.gate = parse_gate(gate);
+  a.one_layer = !w2.has_value();
+  if (a.one_layer) {
+    TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(0) == a.C && w1.size(1) == a.C,
+                      "se_fused: with w2 None (the one-layer form) w1 must have shape (C, C) "
+                      "or (C, C, 1, 1) = (", a.C, ", ", a.C, "), got ", w1.sizes());
+    TORCH_CHECK_VALUE(!b2.has_value(),
+                      "se_fused: b2 was given but w2 is None; the one-layer form has no "
+                      "second layer, so b2 must be None");
+    a.R = a.C;
+    a.act = Act::Identity;
+    check_bias(b1, "b1", a.C, "C", x);
+    return a;
+  }
+  check_parameter(*w2, "w2", x);
   TORCH_CHECK_VALUE(w1.dim() == 2, "se_fused: w1 must have shape (R, C) or (R, C, 1, 1), got ",
                     w1.sizes());
-  TORCH_CHECK_VALUE(w2.dim() == 2, "se_fused: w2 must have shape (C, R) or (C, R, 1, 1), got ",
-                    w2.sizes());
+  TORCH_CHECK_VALUE(w2->dim() == 2, "se_fused: w2 must have shape (C, R) or (C, R, 1, 1), got ",
+                    w2->sizes());
   a.R = w1.size(0);
   TORCH_CHECK_VALUE(w1.size(1) == a.C, "se_fused: w1 has ", w1.size(1),
                     " input channels but x has C = ", a.C, " (w1 shape ", w1.sizes(), ")");
-  TORCH_CHECK_VALUE(w2.size(0) == a.C, "se_fused: w2 has ", w2.size(0),
-                    " output channels but x has C = ", a.C, " (w2 shape ", w2.sizes(), ")");
-  TORCH_CHECK_VALUE(w2.size(1) == a.R, "se_fused: w2 has ", w2.size(1),
+  TORCH_CHECK_VALUE(w2->size(0) == a.C, "se_fused: w2 has ", w2->size(0),
+                    " output channels but x has C = ", a.C, " (w2 shape ", w2->sizes(), ")");
+  TORCH_CHECK_VALUE(w2->size(1) == a.R, "se_fused: w2 has ", w2->size(1),
                     " input channels but w1 has R = ", a.R, " output channels (w2 shape ",
-                    w2.sizes(), ")");
+                    w2->sizes(), ")");
   check_bias(b1, "b1", a.R, "R", x);
   check_bias(b2, "b2", a.C, "C", x);
-  a.act = parse_activation(activation);
-  a.gate = parse_gate(gate);
   return a;
 }
 
@@ -115,7 +132,8 @@ at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
 }
 
 SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
-                          const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& b1,
+                          const c10::optional<at::Tensor>& w2,
                           const c10::optional<at::Tensor>& b2,
                           const c10::optional<at::Tensor>& residual,
                           c10::string_view activation, c10::string_view gate,
@@ -136,9 +154,9 @@ SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
 SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
                            const at::Tensor& z, const c10::optional<at::Tensor>& y,
                            const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                           const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                           c10::string_view activation, c10::string_view gate,
-                           bool x_is_output, const c10::optional<at::Tensor>& pre) {
+                           const c10::optional<at::Tensor>& w2,
+                           const c10::optional<at::Tensor>& b2, c10::string_view activation,
+                           c10::string_view gate, bool x_is_output, const c10::optional<at::Tensor>& pre) {
   SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
   a.out_relu = y.has_value();
   a.from_y = x_is_output;

@@ -154,7 +154,7 @@ SE_HD T gate_input_grad(Gate g, T a2, T d, bool from_y) {
 // Argument checks (se_checks.cpp): the single place that validates user input.
 SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
                           const c10::optional<at::Tensor>& b1,
-                          const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& w2,
                           const c10::optional<at::Tensor>& b2,
                           const c10::optional<at::Tensor>& residual,
                           c10::string_view activation, c10::string_view gate,
@@ -163,7 +163,7 @@ SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
 SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
                            const at::Tensor& z, const c10::optional<at::Tensor>& y,
                            const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                           const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                           const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
                            c10::string_view activation, c10::string_view gate,
                            bool x_is_output, const c10::optional<at::Tensor>& pre);
 
@@ -186,7 +186,7 @@ at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like);
 at::ScalarType acc_dtype(at::ScalarType x_dtype);
 
 // The small layers' parameters in the accumulation dtype, contiguous; an
-// undefined bias means none.
+// undefined bias means none, an undefined w2 (and b2) the one-layer form.
 struct ParamTensors {
   at::Tensor w1, b1, w2, b2;
 };
@@ -203,20 +203,21 @@ struct ForwardCall {
   ParamTensors p;
 };
 ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
-                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
                             const c10::optional<at::Tensor>& b2,
                             const c10::optional<at::Tensor>& residual, bool inplace = false);
 
 // se_forward and se_forward_ of one back end, from its run(x, ..., inplace).
 using RunForward = ForwardCall (*)(const at::Tensor&, const at::Tensor&,
-                                   const c10::optional<at::Tensor>&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&,
+                                   const c10::optional<at::Tensor>&,
                                    const c10::optional<at::Tensor>&,
                                    const c10::optional<at::Tensor>&, c10::string_view,
                                    c10::string_view, c10::string_view, bool);
 template <RunForward Run>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(
     const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
     const c10::optional<at::Tensor>& residual, c10::string_view activation,
     c10::string_view gate, c10::string_view out_activation) {
   const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
@@ -225,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(
 template <RunForward Run>
 std::tuple<at::Tensor, at::Tensor> forward_inplace_op(
     const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
     const c10::optional<at::Tensor>& residual, c10::string_view activation,
     c10::string_view gate, c10::string_view out_activation) {
   const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true);
@@ -234,7 +235,8 @@ std::tuple<at::Tensor, at::Tensor> forward_inplace_op(
 
 struct BackwardCall {
   SEArgs a;
-  at::Tensor gx, gres, gw1, gb1, gw2, gb2;  // outputs; gres is (0,) unless requested
+  // outputs; gres is (0,) unless requested, gw2 and gb2 (0,) in the one-layer form
+  at::Tensor gx, gres, gw1, gb1, gw2, gb2;
   at::Tensor gy, x, y, z;                    // y undefined without the output relu
   at::Tensor pre;                            // undefined: recompute a1, a2 from z
   ParamTensors p;
@@ -247,7 +249,7 @@ struct BackwardCall {
 BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at::Tensor& x,
                               const at::Tensor& z, const c10::optional<at::Tensor>& y,
                               const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                              const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                              const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
                               bool want_grad_residual, const c10::optional<at::Tensor>& pre);
 
 template <typename T>

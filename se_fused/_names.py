@@ -2,7 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = {"relu": torch.relu, "silu": F.silu}
+# gelu is the exact (erf) form, F.gelu's default.
+ACTIVATIONS = {"relu": torch.relu, "silu": F.silu, "hardswish": F.hardswish, "gelu": F.gelu}
 GATES = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}
 OUT_ACTIVATIONS = (None, "relu")
 

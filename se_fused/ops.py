@@ -4,6 +4,7 @@ The C++ library (se_fused._C) defines the schemas and the CPU/CUDA kernels and
 validates arguments; this module adds what torch.compile, autograd and
 opcheck need, on the Python side, as torch.library registrations.
 """
+import math
 from typing import Optional
 
 import torch
@@ -20,7 +21,7 @@ def squeeze_excite(
     x: torch.Tensor,
     w1: torch.Tensor,
     b1: Optional[torch.Tensor],
-    w2: torch.Tensor,
+    w2: Optional[torch.Tensor],
     b2: Optional[torch.Tensor],
     *,
     activation: str = "relu",
@@ -33,6 +34,13 @@ def squeeze_excite(
 
     x is (N, C, H, W), NCHW or channels_last, in float32/float16/bfloat16/float64;
     w1 (R, C) or (R, C, 1, 1), w2 (C, R) or (C, R, 1, 1), biases (R,), (C,) or None.
+    activation is "relu", "silu", "hardswish" or "gelu" (the exact, erf form);
+    gate "sigmoid" or "hardsigmoid".
+
+    One-layer form (effective SE, timm's EffectiveSEModule, hgnet's EseModule):
+    w2 = b2 = None and w1 (C, C) or (C, C, 1, 1) give y = x * gate(W1 mean_hw(x) + b1),
+    with no activation; `activation` must still be a valid name but is not applied.
+
     Parameters may stay float32 for half-precision x. The squeeze and the small
     layers run in float32 (float64 for float64 x). An optional residual is added
     and out_activation="relu" applied in the same pass. Returns a tensor with x's
@@ -54,9 +62,12 @@ def squeeze_excite(
         raise ValueError("se_fused: out_activation must be None or 'relu', got 'none'")
     if not isinstance(inplace, bool):
         raise TypeError(f"se_fused: inplace must be a bool, got {type(inplace).__name__}")
-    for name, value in (("x", x), ("w1", w1), ("w2", w2)):
+    for name, value in (("x", x), ("w1", w1)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"se_fused: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if w2 is not None and not isinstance(w2, torch.Tensor):
+        raise TypeError("se_fused: w2 must be a torch.Tensor or None (the one-layer form), "
+                        f"got {type(w2).__name__}")
     return _squeeze_excite(x, as_matrix(w1), b1, as_matrix(w2), b2, residual, activation, gate,
                            out_activation or "none", inplace, keep_x=False)
 
@@ -168,7 +179,8 @@ def _check_devices(x, **tensors):
 
 
 def _z_and_pre_fake(x, w1):
-    """z (N, C) and pre (N, R + C), in the accumulation dtype."""
+    """z (N, C) and pre (N, R + C), in the accumulation dtype (R = w1's rows, C in the
+    one-layer form too)."""
     N, C = x.shape[0], x.shape[1]
     return (x.new_empty((N, C), dtype=_acc_dtype(x)),
             x.new_empty((N, w1.shape[0] + C), dtype=_acc_dtype(x)))
@@ -196,9 +208,11 @@ def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_gr
     grad_res = (_empty_like_layout(x) if (y is not None and want_grad_residual)
                 else x.new_empty((0,)))
     R, C = w1.shape
+    # The one-layer form (w2 None) returns (0,) for the second layer's gradients.
+    second = ((C, R), (C,)) if w2 is not None else ((0,), (0,))
     return (_empty_like_layout(x), grad_res,
             x.new_empty((R, C), dtype=acc), x.new_empty((R,), dtype=acc),
-            x.new_empty((C, R), dtype=acc), x.new_empty((C,), dtype=acc))
+            x.new_empty(second[0], dtype=acc), x.new_empty(second[1], dtype=acc))
 
 
 # --- autograd
@@ -271,7 +285,7 @@ def _per_input(ctx, grads, w1, b1, w2, b2, n_rest):
         gx if need[0] else None,
         gw1.to(w1.dtype) if need[1] else None,
         gb1.to(b1.dtype) if ctx.has_b1 and need[2] else None,
-        gw2.to(w2.dtype) if need[3] else None,
+        gw2.to(w2.dtype) if w2 is not None and need[3] else None,
         gb2.to(b2.dtype) if ctx.has_b2 and need[4] else None,
     )
     if hasattr(ctx, "has_residual"):
@@ -320,18 +334,30 @@ def _backward_composite(grad_y, v, z, y, w1, b1, w2, b2, activation, gate):
     hw = v.shape[2] * v.shape[3]
     from_y = z is not None
     z = z.to(dt) if from_y else vf.mean(dim=(2, 3))
-    w1f, w2f = w1.to(dt), w2.to(dt)
-    a1 = z @ w1f.t() + (0 if b1 is None else b1.to(dt))
-    h = ACTIVATIONS[activation](a1)
-    a2 = h @ w2f.t() + (0 if b2 is None else b2.to(dt))
+    w1f, w2f = w1.to(dt), None if w2 is None else w2.to(dt)
+    a1, h, a2 = _small_layers(z, w1f, b1, w2f, b2, activation)
     s = GATES[gate](a2)
     d = (g * vf).sum(dim=(2, 3))
     da2 = _gate_input_grad(gate, a2, d, from_y)
-    dh = da2 @ w2f
-    da1 = dh * _act_derivative(activation, a1)
+    if w2f is None:  # one layer: a2 is a1, and there is no second layer's gradient
+        da1, gw2, gb2 = da2, None, None
+    else:
+        da1 = (da2 @ w2f) * _act_derivative(activation, a1)
+        gw2, gb2 = da2.t() @ h, da2.sum(0)
     dz = da1 @ w1f
     gx = g * s[:, :, None, None] + (dz / hw)[:, :, None, None]
-    return (gx.to(v.dtype), g.to(v.dtype), da1.t() @ z, da1.sum(0), da2.t() @ h, da2.sum(0))
+    return (gx.to(v.dtype), g.to(v.dtype), da1.t() @ z, da1.sum(0), gw2, gb2)
+
+
+def _small_layers(z, w1f, b1, w2f, b2, activation):
+    """(a1, h, a2) of the small layers in z's dtype; w2f None is the one-layer form,
+    where h and a2 are a1 (no activation, no second layer)."""
+    dt = z.dtype
+    a1 = z @ w1f.t() + (0 if b1 is None else b1.to(dt))
+    if w2f is None:
+        return a1, a1, a1
+    h = ACTIVATIONS[activation](a1)
+    return a1, h, h @ w2f.t() + (0 if b2 is None else b2.to(dt))
 
 
 def _gate_input_grad(name, a2, d, from_y):
@@ -355,10 +381,20 @@ def _relu_passes(y):
 
 
 def _act_derivative(name, v):
+    """d act / d v as torch's backward of each activation computes it (and se_common.h's
+    act_derivative), written with differentiable ops for double backward."""
     if name == "relu":
         return (v > 0).to(v.dtype)
-    s = torch.sigmoid(v)
-    return s * (1 + v * (1 - s))
+    if name == "silu":
+        s = torch.sigmoid(v)
+        return s * (1 + v * (1 - s))
+    if name == "hardswish":
+        return torch.where(v < -3, torch.zeros_like(v),
+                           torch.where(v <= 3, v / 3 + 0.5, torch.ones_like(v)))
+    if name == "gelu":
+        cdf = 0.5 * (1 + torch.erf(v * math.sqrt(0.5)))
+        return cdf + v * torch.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
+    raise ValueError(f"se_fused: unknown activation {name!r}")
 
 
 torch.library.register_autograd("se_fused::se_forward", _backward, setup_context=_setup_context)
@@ -483,15 +519,16 @@ def _tangent(x, y, w1, b1, w2, b2, tx, tw1, tb1, tw2, tb2, tres, activation, gat
     dt = _acc_dtype(x)
     xf = x.to(dt)
     zero = lambda t, like: torch.zeros_like(like) if t is None else t.to(dt)  # noqa: E731
-    w1f, w2f = w1.to(dt), w2.to(dt)
+    w1f, w2f = w1.to(dt), None if w2 is None else w2.to(dt)
     z = xf.mean(dim=(2, 3))
     tz = zero(tx, xf).mean(dim=(2, 3))
-    a1 = z @ w1f.t() + (0 if b1 is None else b1.to(dt))
+    a1, h, a2 = _small_layers(z, w1f, b1, w2f, b2, activation)
     ta1 = tz @ w1f.t() + z @ zero(tw1, w1f).t() + (0 if tb1 is None else tb1.to(dt))
-    h = ACTIVATIONS[activation](a1)
-    th = ta1 * _act_derivative(activation, a1)
-    a2 = h @ w2f.t() + (0 if b2 is None else b2.to(dt))
-    ta2 = th @ w2f.t() + h @ zero(tw2, w2f).t() + (0 if tb2 is None else tb2.to(dt))
+    if w2f is None:  # one layer: a2 is a1
+        ta2 = ta1
+    else:
+        th = ta1 * _act_derivative(activation, a1)
+        ta2 = th @ w2f.t() + h @ zero(tw2, w2f).t() + (0 if tb2 is None else tb2.to(dt))
     s = GATES[gate](a2)
     ts = _gate_input_grad(gate, a2, ta2, False)
     ty = zero(tx, xf) * s[:, :, None, None] + xf * ts[:, :, None, None]

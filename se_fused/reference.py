@@ -20,18 +20,29 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def excitation(z, w1, b1, w2, b2, activation="relu", gate="sigmoid"):
-    """s = gate(W2 act(W1 z + b1) + b2) for z of shape (N, C), in z's dtype."""
+    """s = gate(W2 act(W1 z + b1) + b2) for z of shape (N, C), in z's dtype.
+
+    w2 = b2 = None is the one-layer form: s = gate(W1 z + b1) with w1 (C, C); the
+    activation name is checked but not applied."""
     dt = z.dtype
     act, gate_fn = lookup(ACTIVATIONS, activation, "activation"), lookup(GATES, gate, "gate")
-    h = act(F.linear(z, as_matrix(w1).to(dt), None if b1 is None else b1.to(dt)))
-    return gate_fn(F.linear(h, as_matrix(w2).to(dt), None if b2 is None else b2.to(dt)))
+    a1 = F.linear(z, as_matrix(w1).to(dt), None if b1 is None else b1.to(dt))
+    if w2 is None:
+        C = z.shape[-1]
+        if b2 is not None:
+            raise ValueError("b2 must be None when w2 is None (the one-layer form)")
+        if tuple(as_matrix(w1).shape) != (C, C):
+            raise ValueError(f"with w2 None (the one-layer form) w1 must have shape (C, C) = "
+                             f"({C}, {C}), got {tuple(w1.shape)}")
+        return gate_fn(a1)
+    return gate_fn(F.linear(act(a1), as_matrix(w2).to(dt), None if b2 is None else b2.to(dt)))
 
 
 def squeeze_excite(
     x: torch.Tensor,
     w1: torch.Tensor,
     b1: Optional[torch.Tensor],
-    w2: torch.Tensor,
+    w2: Optional[torch.Tensor],
     b2: Optional[torch.Tensor],
     *,
     activation: str = "relu",

@@ -124,7 +124,7 @@ template <typename acc_t>
 struct Params {
   const acc_t* w1;  // (R, C)
   const acc_t* b1;  // (R,) or nullptr
-  const acc_t* w2;  // (C, R)
+  const acc_t* w2;  // (C, R), nullptr in the one-layer form
   const acc_t* b2;  // (C,) or nullptr
 };
 
@@ -181,7 +181,8 @@ int64_t layer_grain(int64_t g, int64_t K) {
 // The two small layers' products for samples [n0, n0 + g), outputs [j0, j1), into
 // pre (N, R + C) = [a1 | a2]: the forward's, and the backward's when it recomputes
 // them (so the backward recomputes the forward's bits). layer1 also gives h = act(a1),
-// layer2's input.
+// layer2's input. The one-layer form has no second product: a2 is a1 (and h, since its
+// activation is the identity).
 template <typename acc_t>
 void layer1(const SEArgs& a, const Params<acc_t>& p, const acc_t* z, int64_t n0, int64_t g,
             int64_t j0, int64_t j1, acc_t* pre, acc_t* h) {
@@ -195,6 +196,11 @@ template <typename acc_t>
 void layer2(const SEArgs& a, const Params<acc_t>& p, const acc_t* h, int64_t n0, int64_t g,
             int64_t j0, int64_t j1, acc_t* pre) {
   const int64_t C = a.C, R = a.R, RC = R + C;
+  if (a.one_layer) {
+    for (int64_t i = n0; i < n0 + g; ++i)
+      for (int64_t j = j0; j < j1; ++j) pre[i * RC + R + j] = pre[i * RC + j];
+    return;
+  }
   gemm_nt(h + n0 * R, R, g, p.w2, R, j0, j1, R, p.b2, pre + n0 * RC + R, RC);
 }
 
@@ -210,7 +216,7 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
   const bool cl = a.channels_last;
   const int64_t P = cl ? pixel_chunks(HW, C) : 1;
   const int64_t sample_bytes = sample * int64_t(sizeof(scalar_t)) * (res ? 2 : 1);
-  const int64_t weight_bytes = 2 * R * C * int64_t(sizeof(acc_t));
+  const int64_t weight_bytes = (a.one_layer ? 1 : 2) * R * C * int64_t(sizeof(acc_t));
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
   acc_t* h = scratch<acc_t>(kCallSlot, N * (R + C));  // (N, R)
   acc_t* s = h + N * R;                 // (N, C)
@@ -328,7 +334,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   const bool cl = a.channels_last;
   const int64_t P = cl ? pixel_chunks(HW, C) : 1;
   const int64_t sample_bytes = sample * int64_t(sizeof(scalar_t)) * (y ? 3 : 2);
-  const int64_t weight_bytes = 2 * R * C * int64_t(sizeof(acc_t));
+  const int64_t weight_bytes = (a.one_layer ? 1 : 2) * R * C * int64_t(sizeof(acc_t));
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
   const bool per_thread = per_thread_schedule(N);
   const int64_t G = per_thread ? thread_group_size(sample_bytes, weight_bytes, thread_share(N))
@@ -368,6 +374,11 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
     }
   };
   auto bwd2 = [&](const Group& w, int64_t n0, int64_t g, int64_t j0, int64_t j1) {
+    if (a.one_layer) {  // a2 = a1: da1 = da2, and no h for a gw2
+      for (int64_t i = n0; i < n0 + g; ++i)
+        for (int64_t j = j0; j < j1; ++j) da1[i * R + j] = da2[i * C + j];
+      return;
+    }
     gemm_nn(da2 + n0 * C, C, 1, g, p.w2, R, j0, j1, C, w.dh, R);
     for (int64_t i = 0; i < g; ++i) {
       const acc_t* a1 = pre + (n0 + i) * RC;
@@ -481,9 +492,11 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   // Weight gradients, summed over the batch in sample order: gw1 = da1^T z,
   // gw2 = da2^T h, the biases the column sums. Both cost R * C * N multiply-adds;
   // units [0, kUnits) are rows of gw1, [kUnits, 2 kUnits) rows of gw2, so an even
-  // split of the units is an even split of the work.
+  // split of the units is an even split of the work. The one-layer form has only
+  // the first half.
   constexpr int64_t kUnits = 1024;
-  const int64_t units_grain = 2 * R * C * N >= 2 * kLayerTaskMacs ? 1 : 2 * kUnits;
+  const int64_t units = a.one_layer ? kUnits : 2 * kUnits;
+  const int64_t units_grain = units / kUnits * R * C * N >= 2 * kLayerTaskMacs ? 1 : units;
   // out rows [i0, i1) of a^T b (a: N x M, b: N x K), bias[i] = sum_n a[n, i]. The bias
   // sums run over n in order for all columns at once, reading a's rows contiguously
   // (column by column, M floats apart, they took 0.1 ms for gb2 at C = 2048).
@@ -498,7 +511,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
       for (int64_t i = i0; i < i1; ++i) bias[i] += an[i];
     }
   };
-  at::parallel_for(0, 2 * kUnits, units_grain, [&](int64_t u0, int64_t u1) {
+  at::parallel_for(0, units, units_grain, [&](int64_t u0, int64_t u1) {
     batch_outer(da1, R, z, C, R * std::min(u0, kUnits) / kUnits,
                 R * std::min(u1, kUnits) / kUnits, gw1, gb1);
     batch_outer(da2, C, h, R, C * (std::max(u0, kUnits) - kUnits) / kUnits,
@@ -510,12 +523,13 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
 
 template <typename acc_t>
 Params<acc_t> params_view(const ParamTensors& p) {
-  return {p.w1.data_ptr<acc_t>(), ptr_or_null<acc_t>(p.b1), p.w2.data_ptr<acc_t>(),
+  return {p.w1.data_ptr<acc_t>(), ptr_or_null<acc_t>(p.b1), ptr_or_null<acc_t>(p.w2),
           ptr_or_null<acc_t>(p.b2)};
 }
 
 ForwardCall run_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
-                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b1,
+                            const c10::optional<at::Tensor>& w2,
                             const c10::optional<at::Tensor>& b2,
                             const c10::optional<at::Tensor>& residual,
                             c10::string_view activation, c10::string_view gate,
@@ -536,7 +550,7 @@ ForwardCall run_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& z,
                 const c10::optional<at::Tensor>& y, const at::Tensor& w1,
-                const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
                 const c10::optional<at::Tensor>& b2, c10::string_view activation,
                 c10::string_view gate, bool want_grad_residual, bool x_is_output,
                 const c10::optional<at::Tensor>& pre) {
@@ -550,8 +564,8 @@ se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor&
                               ptr_or_null<scalar_t>(c.y), c.z.data_ptr<acc_t>(),
                               ptr_or_null<acc_t>(c.pre), params_view<acc_t>(c.p), c.gx.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(c.gres), c.gw1.data_ptr<acc_t>(),
-                              c.gb1.data_ptr<acc_t>(), c.gw2.data_ptr<acc_t>(),
-                              c.gb2.data_ptr<acc_t>());
+                              c.gb1.data_ptr<acc_t>(), ptr_or_null<acc_t>(c.gw2),
+                              ptr_or_null<acc_t>(c.gb2));
   });
   return c.outputs();
 }
