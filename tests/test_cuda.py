@@ -28,10 +28,12 @@ GRAD_NAMES = ("x", "w1", "b1", "w2", "b2", "residual")
 
 
 def cuda_inputs(shape, R, dtype, memory_format=torch.contiguous_format, *, bias=True,
-                residual=False, param_dtype=None, device="cuda", seed=0):
+                residual=False, param_dtype=None, device="cuda", seed=0, one_layer=False):
     """Like helpers.make_inputs, but drawn on the GPU (fast for large shapes)."""
     g = torch.Generator(device=device).manual_seed(seed)
     N, C, H, W = shape
+    if one_layer:
+        R = C
     pdt = param_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
 
     def rnd(*s, dt=pdt, scale=1.0):
@@ -42,8 +44,8 @@ def cuda_inputs(shape, R, dtype, memory_format=torch.contiguous_format, *, bias=
         x=x.requires_grad_(),
         w1=rnd(R, C, scale=2.0 / max(C, 1) ** 0.5).requires_grad_(),
         b1=rnd(R, scale=0.5).requires_grad_() if bias else None,
-        w2=rnd(C, R, scale=2.0 / max(R, 1) ** 0.5).requires_grad_(),
-        b2=rnd(C, scale=0.5).requires_grad_() if bias else None,
+        w2=None if one_layer else rnd(C, R, scale=2.0 / max(R, 1) ** 0.5).requires_grad_(),
+        b2=rnd(C, scale=0.5).requires_grad_() if bias and not one_layer else None,
         residual=rnd(N, C, H, W, dt=dtype).contiguous(memory_format=memory_format).requires_grad_()
         if residual else None,
     )
@@ -97,6 +99,19 @@ def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias
     kw = dict(activation=activation, gate=gate, out_activation=out_act)
     y, _ = assert_matches_reference(inputs, kw, dtype)
     assert y.stride() == inputs["x"].stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("form", ["hardswish", "gelu", "one_layer"])
+def test_new_activations_and_one_layer_match_reference(dtype, layout, form):
+    one_layer = form == "one_layer"
+    inputs = cuda_inputs((5, 40, 9, 9), 10, dtype, LAYOUTS[layout], residual=True,
+                         one_layer=one_layer)
+    kw = dict(activation="relu" if one_layer else form, gate="hardsigmoid",
+              out_activation="relu")
+    _, grads = assert_matches_reference(inputs, kw, dtype)
+    assert ("w2" in grads) != one_layer
 
 
 ODD_SHAPES = [

@@ -13,9 +13,9 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from se_fused import reference
+from se_fused._names import ACTIVATIONS
 from se_fused.ops import _backward_composite
 
 from .cuda_emu import driver
@@ -113,46 +113,22 @@ def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
     assert bwd.grid2 == bwd.grid1 // N * -(-N // bwd.M2) + -(-R // 32) * -(-C // 32) + -(-C // 32)
 
 
-# --- oracles ---------------------------------------------------------------------------
-# se_fused.reference (the oracle) covers relu/silu and two layers; the hardswish and
-# gelu activations and the one-layer form are checked against the same formulas in
-# float64 autograd below, until the reference gains them (branch zoo-op).
-
-REFERENCE_ACTS = ("relu", "silu")
-GATE_FNS = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}
-
-
-def _in_reference(d, act):
-    return act in REFERENCE_ACTS and d["w2"] is not None
-
-
-def _f64_forward(d, act, gate, x=None):
-    """(x, z, a1, a2, s) in float64 autograd, from d's parameters."""
-    x = (d["x"] if x is None else x).double()
-    w1, b1, w2, b2 = (None if t is None else t.double().requires_grad_() for t in params(d))
-    z = x.mean(dim=(2, 3))
-    a1 = z @ w1.t() + (0 if b1 is None else b1)
-    a2 = a1 if w2 is None else driver.ACT_FNS[act](a1) @ w2.t() + (0 if b2 is None else b2)
-    return x, z, a1, a2, GATE_FNS[gate](a2), (w1, b1, w2, b2)
+# --- the oracle ------------------------------------------------------------------------
 
 
 def oracle_forward(d, act, gate, out_act):
-    if _in_reference(d, act):
-        return reference.squeeze_excite(d["x"], *params(d), residual=d["residual"],
-                                        activation=act, gate=gate, out_activation=out_act)
-    x, _, _, _, s, _ = _f64_forward(d, act, gate)
-    y = x * s[:, :, None, None]
-    if d["residual"] is not None:
-        y = y + d["residual"].double()
-    if out_act == "relu":
-        y = torch.relu(y)
-    return y.detach()
+    return reference.squeeze_excite(d["x"], *params(d), residual=d["residual"], activation=act,
+                                    gate=gate, out_activation=out_act)
 
 
 def oracle_pre(d, act):
     """[a1 | a2] in float64, the layers' outputs before act and gate."""
-    _, _, a1, a2, _, _ = _f64_forward(d, act, "sigmoid")
-    return torch.cat([a1, a2], dim=1).detach()
+    z = d["x"].double().mean(dim=(2, 3))
+    w1, b1, w2, b2 = map(f64, params(d))
+    a1 = z @ w1.t() + (0 if b1 is None else b1)
+    if w2 is None:
+        return torch.cat([a1, a1], dim=1)
+    return torch.cat([a1, ACTIVATIONS[act](a1) @ w2.t() + (0 if b2 is None else b2)], dim=1)
 
 
 def oracle_backward(d, y, act, gate, x=None):
@@ -162,20 +138,8 @@ def oracle_backward(d, y, act, gate, x=None):
     g = d["grad_y"].double()
     if y is not None:
         g = torch.where(y.double() <= 0, torch.zeros_like(g), g)
-    if _in_reference(d, act):
-        gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(
-            g, x.double(), None, None, *map(f64, params(d)), act, gate)
-    else:
-        xd = x.double().requires_grad_()
-        _, _, _, _, s, ps = _f64_forward(d, act, gate, x=xd)
-        want = [xd] + [t for t in ps if t is not None]
-        grads = list(torch.autograd.grad(xd * s[:, :, None, None], want, g))
-        gx = grads.pop(0)
-        gw1 = grads.pop(0)
-        gb1 = grads.pop(0) if ps[1] is not None else None
-        gw2 = grads.pop(0) if ps[2] is not None else None
-        gb2 = grads.pop(0) if ps[3] is not None else None
-        gres = g
+    gx, gres, gw1, gb1, gw2, gb2 = _backward_composite(
+        g, x.double(), None, None, *map(f64, params(d)), act, gate)
     return gx, (gres if y is not None else None), gw1, gb1, gw2, gb2
 
 

@@ -65,15 +65,10 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
   volatile uint32_t* flag = reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes);
   const Plan& P = p.plan;
-  int64_t n, ct, part;
-  P.tile_of(blockIdx.x, &n, &ct, &part);
   const GradSource<T, acc_t, HasMask> src{p.gy, p.v, p.mask,
                                           l2_policy(P.keep ? L2Hint::Keep : L2Hint::Normal)};
-  if constexpr (CL) {
-    reduce_tile_cl<acc_t>(P, src, n, ct, part, p.pieces, smem);
-  } else {
-    reduce_tile_nchw<acc_t>(P, src, n, ct, part, p.pieces, smem);
-  }
+  int64_t n, ct;
+  reduce_block_tile<CL, acc_t>(P, src, p.pieces, smem, &n, &ct);
   last_arrivals(
       P, n, ct, p.counters, flag, !P.one_layer,
       [&](int64_t st, int64_t cg) {
@@ -93,19 +88,16 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
     weight_grad_tile<acc_t>(P, p.ex, p.wg, int64_t(blockIdx.x) - P.grid2_tiles);
     return;
   }
-  int64_t sb, ct, part;
-  scale_block(P, &sb, &ct, &part);
-  const int64_t n0 = sb * P.M2;
-  const int M = int(P.samples_in(n0, P.M2));
-  const TileFrame<CL, V> f(P, n0, ct, part);
+  const ScaleBlock b(P);
+  const TileFrame<CL, V> f(P, b.n0, b.ct, b.part);
   if (f.nch == 0) return;
   acc_t* s_sm = reinterpret_cast<acc_t*>(smem);  // [M][nch]
-  acc_t* d_sm = s_sm + M * f.nch;                 // [M][nch]
-  backward_consts<acc_t>(P, p.layers, p.ex, n0, M, f.cb, f.nch, s_sm, d_sm);
+  acc_t* d_sm = s_sm + b.M * f.nch;               // [M][nch]
+  backward_consts<acc_t>(P, p.layers, p.ex, b.n0, b.M, f.cb, f.nch, s_sm, d_sm);
   __syncthreads();
-  for (int m = 0; m < M; ++m) {
+  for (int m = 0; m < b.M; ++m) {
     map_tile<T, acc_t, CL, HasMask>(P, p.gy, p.mask, p.gx, p.gres, s_sm + m * f.nch,
-                                    d_sm + m * f.nch, n0 + m, ct, part);
+                                    d_sm + m * f.nch, f, m * P.C * P.HW);
   }
 }
 

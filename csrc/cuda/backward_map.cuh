@@ -9,18 +9,18 @@
 namespace se_fused {
 namespace cuda {
 
-// sc[ch], dc[ch]: s and dz / HW of the tile's channel cb + ch.
+// Tile f moved by `shift` elements (to another sample of the block); sc[ch], dc[ch]:
+// s and dz / HW of the tile's channel cb + ch.
 template <typename T, typename acc_t, bool CL, bool HasMask>
 SE_DEV void map_tile(const Plan& p, const T* gy, const T* mask, T* gx, T* gres, const acc_t* sc,
-                     const acc_t* dc, int64_t n, int64_t ct, int64_t part) {
+                     const acc_t* dc, const TileFrame<CL, Width<T>::value>& f, int64_t shift) {
   constexpr int V = Width<T>::value;
   constexpr int U = CL ? kPixelsPerThread : GradSource<T, acc_t, HasMask>::kGranulesPerThread;
   constexpr int S = 2;  // granules in flight: 2 or 4 loads
-  const TileFrame<CL, V> f(p, n, ct, part);
-  const T* gb = gy + f.base;
-  const T* mb = HasMask ? mask + f.base : nullptr;
-  T* xb = gx + f.base;
-  T* rb = gres != nullptr ? gres + f.base : nullptr;
+  const T* gb = gy + f.base + shift;
+  const T* mb = HasMask ? mask + f.base + shift : nullptr;
+  T* xb = gx + f.base + shift;
+  T* rb = gres != nullptr ? gres + f.base + shift : nullptr;
   auto masked = [](acc_t g, acc_t m) { return HasMask ? masked_grad<T, acc_t>(g, m) : g; };
 
   if (!p.vec) {

@@ -49,16 +49,21 @@ inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   return f;
 }
 
-// Launch 2's block b as (sample block, channel tile, part); reversed when the
-// first launch could not keep x in L2.
-SE_DEV void scale_block(const Plan& P, int64_t* sb, int64_t* ct, int64_t* part) {
-  int64_t b = blockIdx.x;
-  if (P.reverse) b = P.grid2_tiles - 1 - b;
-  *part = b % P.t.Tp;
-  const int64_t q = b / P.t.Tp;
-  *ct = q % P.t.CTn;
-  *sb = q / P.t.CTn;
-}
+// Launch 2's block: samples [n0, n0 + M) of one (channel tile, part), in reverse
+// order when the first launch could not keep the re-read tensors in L2.
+struct ScaleBlock {
+  int64_t n0, ct, part;
+  int M;
+  SE_DEV explicit ScaleBlock(const Plan& P) {
+    int64_t b = blockIdx.x;
+    if (P.reverse) b = P.grid2_tiles - 1 - b;
+    part = b % P.t.Tp;
+    const int64_t q = b / P.t.Tp;
+    ct = q % P.t.CTn;
+    n0 = (q / P.t.CTn) * P.M2;
+    M = int(P.samples_in(n0, P.M2));
+  }
+};
 
 template <typename T, bool CL>
 __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
@@ -67,14 +72,9 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
   volatile uint32_t* flag = reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes);
   const Plan& P = p.plan;
-  int64_t n, ct, part;
-  P.tile_of(blockIdx.x, &n, &ct, &part);
   const XSource<T, acc_t> src{p.x, l2_policy(P.keep ? L2Hint::Keep : L2Hint::Normal)};
-  if constexpr (CL) {
-    reduce_tile_cl<acc_t>(P, src, n, ct, part, p.pieces, smem);
-  } else {
-    reduce_tile_nchw<acc_t>(P, src, n, ct, part, p.pieces, smem);
-  }
+  int64_t n, ct;
+  reduce_block_tile<CL, acc_t>(P, src, p.pieces, smem, &n, &ct);
   last_arrivals(
       P, n, ct, p.counters, flag, true,
       [&](int64_t st, int64_t cg) {
@@ -90,18 +90,15 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
   constexpr int V = Width<T>::value;
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
   const Plan& P = p.plan;
-  int64_t sb, ct, part;
-  scale_block(P, &sb, &ct, &part);
-  const int64_t n0 = sb * P.M2;
-  const int M = int(P.samples_in(n0, P.M2));
-  const TileFrame<CL, V> f(P, n0, ct, part);
+  const ScaleBlock b(P);
+  const TileFrame<CL, V> f(P, b.n0, b.ct, b.part);
   if (f.nch == 0) return;  // an empty part of the last channel tile (whole block)
   acc_t* s_sm = reinterpret_cast<acc_t*>(smem);  // [M][nch]
-  forward_gates<acc_t>(P, p.layers, p.ex, n0, M, f.cb, f.nch, f.own_from(P, part), s_sm);
+  forward_gates<acc_t>(P, p.layers, p.ex, b.n0, b.M, f.cb, f.nch, f.own_from(P, b.part), s_sm);
   __syncthreads();
-  for (int m = 0; m < M; ++m) {
-    scale_tile<T, acc_t, CL, HasRes>(P, p.x, p.res, p.y, s_sm + m * f.nch, p.relu, n0 + m, ct,
-                                     part);
+  for (int m = 0; m < b.M; ++m) {
+    scale_tile<T, acc_t, CL, HasRes>(P, p.x, p.res, p.y, s_sm + m * f.nch, p.relu, f,
+                                     m * P.C * P.HW);
   }
 }
 

@@ -66,7 +66,7 @@ struct TileFrame {
       tl = nchw_tile(p, n, ct, part);
       base = tl.base;
       rows = 1;
-      row = tl.len > 0 ? tl.len : 0;
+      row = tl.len;
       nch = tl.nch;
       cb = tl.c_first;
       tx = int(threadIdx.x);
@@ -123,21 +123,21 @@ struct TileFrame {
   }
 };
 
-// The scale of tile (n, ct, part); sc[ch] is s of the tile's channel cb + ch.
+// The scale of tile f moved by `shift` elements (to another sample of the block);
+// sc[ch] is s of the tile's channel cb + ch.
 template <typename T, typename acc_t, bool CL, bool HasRes>
 SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_t* sc, bool relu,
-                       int64_t n, int64_t ct, int64_t part) {
+                       const TileFrame<CL, Width<T>::value>& f, int64_t shift) {
   constexpr int V = Width<T>::value;
   constexpr int U = CL ? kPixelsPerThread : XSource<T, acc_t>::kGranulesPerThread;
   constexpr int S = HasRes ? 2 : 4;  // granules in flight: 4 loads either way
-  const TileFrame<CL, V> f(p, n, ct, part);
   auto out = [relu](acc_t xv, acc_t sv, acc_t rv) {
     const acc_t v = HasRes ? se_fma(xv, sv, rv) : se_mul(xv, sv);
     return relu ? apply_relu(v) : v;
   };
-  const T* xb = x + f.base;
-  T* yb = y + f.base;
-  const T* rb = HasRes ? res + f.base : nullptr;
+  const T* xb = x + f.base + shift;
+  T* yb = y + f.base + shift;
+  const T* rb = HasRes ? res + f.base + shift : nullptr;
 
   if (!p.vec) {
     for (int i = threadIdx.x; i < f.count(); i += kThreads) {

@@ -144,13 +144,6 @@ at::Tensor pre_from_z(const SEArgs& a, const at::Tensor& z, const ParamTensors& 
   return at::cat({a1, a2}, 1).contiguous();
 }
 
-// The v2 kernels always run both small layers.
-void check_two_layers(const SEArgs& a) {
-  TORCH_CHECK(!a.one_layer,
-              "se_fused: the one-layer form (w2 None) is not supported by the CUDA kernels "
-              "of this build; run it on the CPU or through se_fused.reference");
-}
-
 }  // namespace
 
 ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
@@ -162,7 +155,6 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
                              c10::string_view out_activation, bool inplace) {
   const SEArgs checked =
       check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
-  check_two_layers(checked);
   const c10::cuda::CUDAGuard guard(x.device());
   const ForwardCall c = prepare_forward(checked, x, w1, b1, w2, b2, residual, inplace);
   if (c.y.numel() == 0) return c;
@@ -195,7 +187,6 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
                  const c10::optional<at::Tensor>& pre) {
   const SEArgs checked =
       check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output, pre);
-  check_two_layers(checked);
   const c10::cuda::CUDAGuard guard(x.device());
   const BackwardCall c = prepare_backward(checked, grad_y, x, z, y, w1, b1, w2, b2,
                                           want_grad_residual, pre);

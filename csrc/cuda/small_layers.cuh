@@ -111,6 +111,14 @@ SE_DEV void last_arrivals(const Plan& p, int64_t n, int64_t ct, uint32_t* counte
   sample(st);
 }
 
+// The sum of the groups' shares (P or Q) of output r of sample n, in group order.
+template <typename acc_t>
+SE_DEV acc_t sum_of_groups(const Plan& p, const acc_t* shares, int64_t n, int64_t r) {
+  acc_t a = acc_t(0);
+  for (int64_t g = 0; g < p.CGn; ++g) a += load_cg(shares + (n * p.CGn + g) * p.R + r);
+  return a;
+}
+
 // ---- forward ----------------------------------------------------------------------
 
 // z for the group's (sample, channel) pairs (into the output z and shared memory),
@@ -148,8 +156,7 @@ SE_DEV void forward_sample(const Plan& p, const Layers<acc_t>& L, const Excite<a
   const int64_t n0 = st * p.NT, M = p.samples_in(n0, p.NT), R = p.R;
   for (int64_t e = threadIdx.x; e < M * R; e += kThreads) {
     const int64_t n = n0 + e / R, r = e % R;
-    acc_t a = acc_t(0);
-    for (int64_t g = 0; g < p.CGn; ++g) a += load_cg(X.p + (n * p.CGn + g) * R + r);
+    acc_t a = sum_of_groups(p, X.p, n, r);
     if (L.b1 != nullptr) a += load_ro(L.b1 + r);
     store1(X.pre + n * (R + p.C) + r, a);
     store1(X.h + n * R + r, act_forward(L.act, a));
@@ -230,8 +237,7 @@ SE_DEV void backward_sample(const Plan& p, const Layers<acc_t>& L, const Excite<
   const int64_t n0 = st * p.NT, M = p.samples_in(n0, p.NT), R = p.R;
   for (int64_t e = threadIdx.x; e < M * R; e += kThreads) {
     const int64_t n = n0 + e / R, r = e % R;
-    acc_t dh = acc_t(0);
-    for (int64_t g = 0; g < p.CGn; ++g) dh += load_cg(X.p + (n * p.CGn + g) * R + r);
+    const acc_t dh = sum_of_groups(p, X.p, n, r);
     const acc_t a1 = load_ro(X.pre + n * (R + p.C) + r);
     store1(X.da1 + n * R + r, se_mul(dh, act_derivative(L.act, a1)));
     store1(X.h + n * R + r, act_forward(L.act, a1));

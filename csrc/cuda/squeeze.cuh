@@ -34,8 +34,8 @@ inline Pieces<acc_t> pieces_of(const Plan& p, acc_t* ws) {
 }
 
 // Where an NCHW tile is: its first element within the sample (e0) and within the
-// tensor (base), its length (<= 0: an empty part of the last channel tile), and
-// the channels it touches.
+// tensor (base), its length (0: an empty part of the last channel tile), and the
+// channels it touches.
 struct NchwTile {
   int64_t e0, base;
   int len, c_first, nch;
@@ -46,7 +46,8 @@ SE_DEV NchwTile nchw_tile(const Plan& p, int64_t n, int64_t ct, int64_t part) {
   const int64_t c0 = ct * p.t.CTw;
   const int64_t end = imin(p.C, c0 + p.t.CTw) * p.HW;
   r.e0 = c0 * p.HW + (part << p.t.log2_L);
-  r.len = int(imin(p.t.L, end - r.e0));
+  const int64_t len = imin(p.t.L, end - r.e0);  // may be far below -2^31: clamp first
+  r.len = len > 0 ? int(len) : 0;
   r.base = n * p.C * p.HW + r.e0;
   r.c_first = 0;
   r.nch = 0;
@@ -121,7 +122,7 @@ SE_DEV void reduce_tile_nchw(const Plan& p, const Src& src, int64_t n, int64_t c
                              const Pieces<acc_t>& out, unsigned char* smem) {
   using S = typename Src::staged_t;
   const NchwTile tl = nchw_tile(p, n, ct, part);
-  if (tl.len <= 0) return;
+  if (tl.len == 0) return;
   S* buf = reinterpret_cast<S*>(smem);
   acc_t* red = reinterpret_cast<acc_t*>(smem + kStageBytes);  // one word per lane group
   const int64_t HW = p.HW, e0 = tl.e0;
@@ -221,6 +222,19 @@ SE_DEV void reduce_tile_cl(const Plan& p, const Src& src, int64_t n, int64_t ct,
     }
   }
   __syncthreads();  // shared memory is free again
+}
+
+// Launch 1's tile: the block's streaming tile of either layout.
+template <bool CL, typename acc_t, typename Src>
+SE_DEV void reduce_block_tile(const Plan& p, const Src& src, const Pieces<acc_t>& out,
+                              unsigned char* smem, int64_t* n, int64_t* ct) {
+  int64_t part;
+  p.tile_of(blockIdx.x, n, ct, &part);
+  if constexpr (CL) {
+    reduce_tile_cl<acc_t>(p, src, *n, *ct, part, out, smem);
+  } else {
+    reduce_tile_nchw<acc_t>(p, src, *n, *ct, part, out, smem);
+  }
 }
 
 // Sum over H*W of channel c of sample n, from the pieces of all its tiles, in tile

@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from se_fused._names import ACTIVATIONS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
@@ -206,16 +208,12 @@ class Emulator:
         return gx, gres, gw1, gb1, gw2, gb2
 
 
-ACT_FNS = {"relu": torch.relu, "silu": torch.nn.functional.silu,
-           "hardswish": torch.nn.functional.hardswish, "gelu": torch.nn.functional.gelu}
-
-
 def pre_from_z(z, w1, b1, w2, b2, activation):
     """[a1 | a2] from z, as the CUDA host code computes it when the backward gets no pre."""
     a1 = z @ w1.t() + (0 if b1 is None else b1)
     if w2 is None:
         return torch.cat([a1, a1], dim=1)
-    a2 = ACT_FNS[activation](a1) @ w2.t() + (0 if b2 is None else b2)
+    a2 = ACTIVATIONS[activation](a1) @ w2.t() + (0 if b2 is None else b2)
     return torch.cat([a1, a2], dim=1)
 
 
