@@ -29,8 +29,10 @@ constexpr int kGranule = 16;  // bytes per vector access
 // finalizer take at most 16 KB.
 constexpr int kSmemBytes = 24 * 1024;
 constexpr int kStageBytes = 16 * 1024;
-// channels_last tiles: each thread walks this many pixel rows of its granule column.
-constexpr int kPixelsPerThread = 4;
+// channels_last tiles: each thread walks this many pixel rows of its granule column
+// (4 granules in flight at a time). Taller tiles mean fewer per-part sums for the
+// finalizer to add (H*W / (16 * TP) of them per channel).
+constexpr int kPixelsPerThread = 16;
 // Channels of a finalizer's group and of an NCHW channel tile, at most.
 constexpr int kMaxGroupChannels = 256;
 // Weight-gradient tiles: 32 x 32 outputs, 4 per thread.
@@ -148,8 +150,29 @@ struct PlanInput {
   int esize;            // bytes per element of x
   bool vec;             // all streamed pointers 16-byte aligned (checked by the caller)
   bool fits;            // the re-read tensors fit in half the L2
-  int64_t samples2;     // launch 2 samples per block (0: the most; a test knob)
+  int64_t samples2;     // launch 2 samples per block (0: chosen from `slots`; a knob)
+  int64_t slots;        // launch 2 blocks the device holds at once (0: unknown)
 };
+
+// Launch 2's samples per block. Each block first reads the small-layer weights of
+// its channels (R values each, from L2) for all its samples, then streams one tile
+// per sample: more samples spread that prologue over more of x, but a grid of few
+// blocks leaves its last wave part-empty. Of 1 .. the most, the one with the least
+// (block waves) x (samples + prologue), the prologue counted in tiles at half the
+// cost of streamed bytes (L2 against HBM); the larger on a tie. A guess until a GPU
+// calibrates it; it never changes a result bit.
+inline int64_t samples_per_block(int64_t N, int64_t per_sample, int64_t most, int64_t slots,
+                                 double prologue_tiles) {
+  if (slots <= 0) return imin(most, N);
+  int64_t best = 1;
+  double best_cost = -1;
+  for (int64_t m = 1; m <= imin(most, N); ++m) {
+    const double waves = double(ceil_div(ceil_div(N, m) * per_sample, slots));
+    const double cost = waves * (double(m) + prologue_tiles);
+    if (best_cost < 0 || cost <= best_cost) best = m, best_cost = cost;
+  }
+  return best;
+}
 
 inline Plan make_plan(const PlanInput& in) {
   Plan p;
@@ -200,7 +223,14 @@ inline Plan make_plan(const PlanInput& in) {
   p.cts_per_group = ceil_div(64, t.CTw);
   p.CG = p.cts_per_group * t.CTw;
   p.CGn = ceil_div(t.CTn, p.cts_per_group);
-  p.M2 = imin(in.samples2 > 0 ? imin(in.samples2, ms) : ms, p.N);
+  // launch 2's prologue (weights of a tile's channels) against a tile's streamed bytes
+  // (read and write; a third stream with a residual or mask is left out)
+  const int64_t tile_elems = p.cl ? t.CTw * imin(t.PT, in.HW) : imin(t.L, t.CTw * in.HW);
+  const int64_t tile_ch = p.cl ? imin(t.CTw, in.C) : imin(t.CTw, ceil_div(t.L, in.HW) + 1);
+  const double prologue = 0.5 * double(tile_ch * in.R * p.acc_size) /
+                          double(imax(1, 2 * tile_elems * in.esize));
+  p.M2 = in.samples2 > 0 ? imin(imin(in.samples2, ms), p.N)
+                         : samples_per_block(p.N, p.per_sample(), ms, in.slots, prologue);
   p.NS2 = ceil_div(p.N, p.M2);
 
   p.grid1 = p.N * p.per_sample();

@@ -55,8 +55,9 @@ const void* ptr_or_null(const at::Tensor& t) {
 //   SE_FUSED_CUDA_L2_BYTES: the L2 size the plan assumes (default: the device's);
 //     whether the re-read tensors fit decides the L2 policy of launch 1 and the
 //     tile order of launch 2.
-//   SE_FUSED_CUDA_SAMPLES: samples per block of launch 2 (default and at most 8, 4
-//     for float64); fewer means more blocks, each recomputing s for its pairs.
+//   SE_FUSED_CUDA_SAMPLES: samples per block of launch 2 (at most 8, 4 for float64;
+//     default: chosen from the SM count, plan.h samples_per_block); fewer means
+//     more blocks, each recomputing s for its pairs.
 int64_t env_int(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr ? std::atoll(v) : 0;
@@ -78,6 +79,20 @@ int64_t l2_bytes(int device) {
   return v;
 }
 
+// Blocks of launch 2 the device holds at once: its SMs times the blocks per SM the
+// kernels are compiled for (se_cuda_common.cuh, SE_FUSED_MIN_BLOCKS_2, 3).
+int64_t launch2_slots(int device) {
+  constexpr int kCached = 64;
+  static std::atomic<int> cache[kCached];
+  const bool cached = device >= 0 && device < kCached;
+  int sms = cached ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (cached) cache[device].store(sms, std::memory_order_relaxed);
+  }
+  return int64_t(sms) * 3;
+}
+
 // reread_bytes: what launch 2 reads again (x; or grad_y and the mask). It stays in
 // L2 between the launches when it takes at most half of it.
 cuda::Plan plan_call(const SEArgs& a, bool backward, int esize, bool aligned,
@@ -85,7 +100,7 @@ cuda::Plan plan_call(const SEArgs& a, bool backward, int esize, bool aligned,
   cuda::PlanInput in{a.N,    a.C,   a.hw(),  a.R,
                      a.channels_last, backward, a.one_layer,
                      esize,  aligned, reread_bytes <= l2_bytes(device) / 2,
-                     env_int("SE_FUSED_CUDA_SAMPLES")};
+                     env_int("SE_FUSED_CUDA_SAMPLES"), launch2_slots(device)};
   const cuda::Plan p = cuda::make_plan(in);
   constexpr int64_t kMaxGrid = (int64_t(1) << 31) - 1;
   TORCH_CHECK(p.grid1 <= kMaxGrid && p.grid2 <= kMaxGrid, "se_fused: x of shape (", a.N, ", ",

@@ -40,7 +40,7 @@ class EmuArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in ("N", "C", "H", "W", "R")] + [
         (n, ctypes.c_int32) for n in ("dtype", "channels_last", "act", "gate", "relu", "from_y",
                                       "backward", "one_layer", "concurrency", "samples2")] + [
-        ("l2_bytes", ctypes.c_int64), ("seed", ctypes.c_uint64),
+        ("l2_bytes", ctypes.c_int64), ("slots", ctypes.c_int64), ("seed", ctypes.c_uint64),
         ("t", ctypes.c_void_p * N_SLOTS), ("bytes", ctypes.c_int64 * N_SLOTS)]
 
 
@@ -100,9 +100,10 @@ class Emulator:
     @staticmethod
     def _args(shape, R, dtype, channels_last, backward, *, act="relu", gate="sigmoid",
               relu=False, from_y=False, one_layer=False, concurrency=3, samples2=0,
-              l2_bytes=1 << 40, seed=0):
+              l2_bytes=1 << 40, slots=0, seed=0):
         """concurrency: emulated blocks resident at once; samples2: launch 2's samples per
-        block (0: the plan's); l2_bytes: the L2 size the plan assumes."""
+        block (0: the plan's); l2_bytes: the L2 size the plan assumes; slots: launch 2
+        blocks the device would hold (0: unknown, the most samples a block)."""
         a = EmuArgs()
         a.N, a.C, a.H, a.W = shape
         a.R = R
@@ -112,7 +113,7 @@ class Emulator:
         a.gate = GATES[gate]
         a.relu, a.from_y, a.backward = int(relu), int(from_y), int(backward)
         a.one_layer, a.concurrency, a.samples2 = int(one_layer), concurrency, samples2
-        a.l2_bytes, a.seed = l2_bytes, seed
+        a.l2_bytes, a.slots, a.seed = l2_bytes, slots, seed
         return a
 
     @staticmethod

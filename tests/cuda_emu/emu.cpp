@@ -248,7 +248,7 @@ struct EmuArgs {
   int64_t N, C, H, W, R;
   int32_t dtype, channels_last, act, gate, relu, from_y, backward, one_layer, concurrency;
   int32_t samples2;
-  int64_t l2_bytes;
+  int64_t l2_bytes, slots;
   uint64_t seed;
   void* t[kSlots];
   int64_t bytes[kSlots];
@@ -274,7 +274,8 @@ Plan plan_of(const EmuArgs& a) {
   const int64_t numel = a.N * a.C * a.H * a.W * esize;
   const int64_t reread = a.backward ? numel * (a.t[kMask] != nullptr ? 2 : 1) : numel;
   PlanInput in{a.N,   a.C,  a.H * a.W,          a.R, a.channels_last != 0, a.backward != 0,
-               a.one_layer != 0, esize, vec, reread <= a.l2_bytes / 2, a.samples2};
+               a.one_layer != 0, esize, vec, reread <= a.l2_bytes / 2, a.samples2,
+               a.slots};
   return make_plan(in);
 }
 
