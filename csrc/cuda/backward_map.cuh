@@ -37,7 +37,9 @@ SE_DEV void map_tile(const Plan& p, const T* gy, const T* mask, T* gx, T* gres, 
   }
 
   const uint64_t last = l2_policy(L2Hint::Last);
-#pragma unroll
+  // One step of S granules at a time (not unrolled: the offsets and predicates of
+  // all U granules would be precomputed and spilled).
+#pragma unroll 1
   for (int k0 = 0; k0 < U; k0 += S) {
     // Zeroed: see scale_tile.
     Raw16 gr[S] = {}, mr[S] = {};

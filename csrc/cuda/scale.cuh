@@ -151,7 +151,9 @@ SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_
   }
 
   const uint64_t last = l2_policy(L2Hint::Last);
-#pragma unroll
+  // One step of S granules at a time (not unrolled: the offsets and predicates of
+  // all U granules would be precomputed and spilled).
+#pragma unroll 1
   for (int k0 = 0; k0 < U; k0 += S) {
     // Zeroed: granules assigned under a condition into an uninitialized array are
     // kept in local memory (ptxas marks the spills).
