@@ -1,15 +1,16 @@
 // Runs the CUDA kernel sources of se_fused as host C++: a logic check of the
 // kernels, not GPU evidence. Every CUDA thread is a fiber (ucontext), every block
 // a group of 256 fibers with its own shared memory; __syncthreads and warp
-// shuffles are barriers among the fibers; the blocks of a grid interleave at
-// every barrier and spin-wait in a seeded random order, so items run
-// concurrently as on a GPU (one CPU thread, no memory-model effects).
+// shuffles are barriers among the fibers; a few blocks are resident at a time,
+// started in a seeded random order, their threads interleaving at every barrier
+// (one CPU thread, no memory-model effects).
 //
 // What it checks: the kernels' arithmetic and indexing against the reference,
 // that every global access hits a registered buffer at its alignment (16 bytes
-// for granules), that no block waits forever (ticket order), that barriers and
-// shuffles are reached by all threads. What it cannot: timing, the memory model,
-// registers, coalescing, anything about the hardware.
+// for granules), that every last-arrival counter ends at its count (the host
+// side, emu.cpp), that barriers and shuffles are reached by all threads. What it
+// cannot: timing, the memory model, registers, coalescing, anything about the
+// hardware.
 #pragma once
 
 #include <cstdint>
