@@ -403,6 +403,14 @@ def test_reference_rejects_unknown_names_too():
         reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="tanh")
 
 
+def test_reference_checks_the_one_layer_form_too():
+    a = _good()
+    with pytest.raises(ValueError, match=r"w1 must have shape \(C, C\)"):
+        reference.squeeze_excite(a["x"], a["w1"], a["b1"], None, None)
+    with pytest.raises(ValueError, match="b2 must be None"):
+        reference.squeeze_excite(a["x"], torch.randn(8, 8), None, None, a["b2"])
+
+
 def test_output_relu_propagates_nan_like_torch_relu():
     x = torch.randn(1, 4, 3, 3)
     x[0, 1, 1, 1] = float("nan")
