@@ -82,17 +82,17 @@ class SEBlock(_SEBase):
         y = x * gate(fc2(act(fc1(mean_hw(x)))))
 
     fc1 = Conv2d(channels, R, 1) and fc2 = Conv2d(R, channels, 1), with
-    R = rd_channels, or max(1, channels // reduction). activation is "relu" or
-    "silu", gate "sigmoid" or "hardsigmoid". The state_dict keys (fc1.weight,
+    R = rd_channels, or max(1, channels // reduction). activation is "relu",
+    "silu", "hardswish" or "gelu", gate "sigmoid" or "hardsigmoid". The state_dict keys (fc1.weight,
     fc1.bias, fc2.weight, fc2.bias) are those of torchvision's SqueezeExcitation.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)
         s = self.fc1(s)
-        s = F.relu(s) if self.activation == "relu" else F.silu(s)
+        s = ACTIVATIONS[self.activation](s)
         s = self.fc2(s)
-        s = torch.sigmoid(s) if self.gate == "sigmoid" else F.hardsigmoid(s)
+        s = GATES[self.gate](s)
         return x * s
 
 

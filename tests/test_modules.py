@@ -15,7 +15,7 @@ from se_fused import reference
 
 from .helpers import TOL
 
-ACTS = ["relu", "silu"]
+ACTS = ["relu", "silu", "hardswish", "gelu"]
 GATES = ["sigmoid", "hardsigmoid"]
 N, C, H, W = 2, 16, 5, 4
 
@@ -86,7 +86,7 @@ def test_constructor_defaults_and_repr(cls):
 
 @pytest.mark.parametrize("cls", [SEBlock, FusedSEBlock])
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(channels=16, activation="gelu"), ValueError, "activation"),
+    (dict(channels=16, activation="tanh"), ValueError, "activation"),
     (dict(channels=16, gate="tanh"), ValueError, "gate"),
     (dict(channels=16, activation=nn.ReLU), TypeError, "activation"),
     (dict(channels=0), ValueError, "channels"),

@@ -403,6 +403,14 @@ def test_reference_rejects_unknown_names_too():
         reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="tanh")
 
 
+def test_reference_checks_the_one_layer_form_too():
+    a = _good()
+    with pytest.raises(ValueError, match=r"w1 must have shape \(C, C\)"):
+        reference.squeeze_excite(a["x"], a["w1"], a["b1"], None, None)
+    with pytest.raises(ValueError, match="b2 must be None"):
+        reference.squeeze_excite(a["x"], torch.randn(8, 8), None, None, a["b2"])
+
+
 def test_output_relu_propagates_nan_like_torch_relu():
     x = torch.randn(1, 4, 3, 3)
     x[0, 1, 1, 1] = float("nan")
@@ -429,3 +437,26 @@ def test_inference_path_matches_and_records_no_graph():
         assert y.grad_fn is None and not y.requires_grad
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert_close_dtype(y, expected, torch.float32)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_layer_form_inplace_under_autograd_matches_reference(gate, layout):
+    """inplace=True on a non-leaf (the output of a conv) in the one-layer form: y is
+    written over it, and the gradients reach w1, b1 and the conv as the reference's."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 1)
+    x0 = torch.randn(4, 8, 5, 5).contiguous(memory_format=LAYOUTS[layout])
+    w1 = torch.randn(8, 8, requires_grad=True)
+    b1 = torch.randn(8, requires_grad=True)
+    results = []
+    for fn, kw in ((se_fused.squeeze_excite, dict(inplace=True)), (reference.squeeze_excite, {})):
+        t = conv(x0)
+        y = fn(t, w1, b1, None, None, gate=gate, **kw)
+        if kw:
+            assert y is t
+        results.append((y.detach(), torch.autograd.grad((y * y).sum(), [w1, b1, conv.weight])))
+    (y, grads), (y_ref, grads_ref) = results
+    assert_close_dtype(y, y_ref, torch.float32)
+    for name, a, b in zip(("w1", "b1", "conv.weight"), grads, grads_ref):
+        assert_close_dtype(a, b, torch.float32, what=name)
