@@ -215,8 +215,8 @@ def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_gr
 #
 # Three ways in, one set of backward formulas:
 # - se_forward through torch.library.register_autograd: training, torch.compile, opcheck;
-# - _SEInplace, an autograd.Function around se_forward_ (register_autograd refuses
-#   mutating ops): inplace=True under autograd;
+# - _SEChosenSave, an autograd.Function around se_forward_ (register_autograd refuses
+#   mutating ops): inplace=True under autograd, eager (compiled: se_forward + copy_);
 # - _SETransformable, an autograd.Function with setup_context, jvp and vmap: torch.func
 #   transforms and forward-mode AD (torch.compile refuses a custom jvp, so it never sees
 #   this one).
@@ -376,7 +376,7 @@ torch.library.register_autograd("se_fused::se_forward", _backward, setup_context
 
 class _SEChosenSave(torch.autograd.Function):
     """A call without epilogue that chooses what its backward keeps: inplace=True under
-    autograd (register_autograd refuses mutating ops), and keep_x.
+    eager autograd (register_autograd refuses mutating ops), and keep_x.
 
     It keeps y (the y-only backward) unless keep_x is set or y cannot serve (_saves_y);
     then x, or in place a copy of x taken before it is overwritten: correct, but
