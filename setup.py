@@ -37,12 +37,13 @@ def want_cuda():
 
 
 def cpu_flags():
-    # Python's CFLAGS bring -fwrapv, which stops gcc from seeing unit-stride
-    # accesses in the kernels (it emits gathers); the C++ standard is torch's.
+    # Python's CFLAGS bring -fwrapv (3.12: -fno-strict-overflow, which wraps pointers
+    # too), which stops gcc from seeing unit-stride accesses in the kernels (it emits
+    # gathers); the C++ standard is torch's.
     # -ffp-contract=off: whether gcc fuses a multiply and an add into one FMA
     # depends on the inlining context, so the same expression could round
     # differently in two schedules of one kernel; the kernels write their FMAs out.
-    flags = ["-O3", "-fno-wrapv", "-fopenmp", "-ffp-contract=off"]
+    flags = ["-O3", "-fno-wrapv", "-fstrict-overflow", "-fopenmp", "-ffp-contract=off"]
     # The kernels are memory-bound loops the compiler vectorises; let it use the
     # host's vector width. SE_FUSED_MARCH="" turns this off (e.g. for a portable build).
     march = os.environ.get("SE_FUSED_MARCH", "native")

@@ -145,6 +145,16 @@ def _forward_inplace(x, w1, b1, w2, b2, residual, activation, gate, out_activati
                 "se_fused: inplace=True cannot be differentiated with a residual or "
                 "out_activation: their backward needs x, which inplace=True overwrites. "
                 "Use inplace=False, or run without autograd (torch.no_grad()).")
+        if torch.compiler.is_compiling():
+            # Compiled, the write is the out-of-place op and a copy_ into x, which
+            # functionalization and autograd both see as a mutation of x. Through
+            # _SEChosenSave's mark_dirty instead, torch 2.8-2.11 differentiate a later
+            # use of x as if it still held its old values (wrong gradients, no error).
+            # y is the op's own output, so a backward from y stays valid whatever later
+            # happens to x (keep_x is not needed); one that keeps x gets a copy of it.
+            src = x.clone() if _keeps_x(x, gate, False) else x
+            return x.copy_(_ops.se_forward(src, w1, b1, w2, b2, None, activation, gate,
+                                           "none")[0])
         return _SEChosenSave.apply(x, w1, b1, w2, b2, activation, gate, True, keep_x)[0]
     _ops.se_forward_(x, w1, b1, w2, b2, residual, activation, gate, out_activation)
     if not torch.compiler.is_compiling():
@@ -219,8 +229,8 @@ def _se_backward_fake(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_gr
 #
 # Three ways in, one set of backward formulas:
 # - se_forward through torch.library.register_autograd: training, torch.compile, opcheck;
-# - _SEInplace, an autograd.Function around se_forward_ (register_autograd refuses
-#   mutating ops): inplace=True under autograd;
+# - _SEChosenSave, an autograd.Function around se_forward_ (register_autograd refuses
+#   mutating ops): inplace=True under autograd, eager (compiled: se_forward + copy_);
 # - _SETransformable, an autograd.Function with setup_context, jvp and vmap: torch.func
 #   transforms and forward-mode AD (torch.compile refuses a custom jvp, so it never sees
 #   this one).
@@ -402,7 +412,7 @@ torch.library.register_autograd("se_fused::se_forward", _backward, setup_context
 
 class _SEChosenSave(torch.autograd.Function):
     """A call without epilogue that chooses what its backward keeps: inplace=True under
-    autograd (register_autograd refuses mutating ops), and keep_x.
+    eager autograd (register_autograd refuses mutating ops), and keep_x.
 
     It keeps y (the y-only backward) unless keep_x is set or y cannot serve (_saves_y);
     then x, or in place a copy of x taken before it is overwritten: correct, but
