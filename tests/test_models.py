@@ -77,7 +77,10 @@ def _x():
 def _grads(model, x):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same dropout / stochastic depth masks for both models
-    loss = model(x).square().mean()
+    out = model(x)
+    if isinstance(out, (tuple, list)):  # distillation heads
+        out = out[0]
+    loss = out.square().mean()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)

@@ -52,6 +52,8 @@ from se_fused import FusedSEBlock, replace_se_blocks
 
 tv = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
+# the same training step, and one intra-op thread (an autouse fixture) for small inputs
+from .test_models import _grads, _one_thread, _train_with_frozen_bn  # noqa: E402,F401
 
 SE_ARCHS = [
     # torchvision
@@ -84,16 +86,6 @@ NON_SE_ARCHS = ["gcresnext26ts", "gc_efficientnetv2_rw_t", "skresnet18", "skresn
 RTOL = 1e-4  # float32's tolerance, for models run in float64 (see the module docstring)
 ATTN_SIZE = {"haloregnetz_b": 224, "sehalonet33ts": 256, "sebotnet33ts_256": 64,
              "gcvit_xxtiny": 64, "coatnet_pico_rw_224": 64, "maxvit_pico_rw_256": 64}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the inputs are small, and OpenMP threads spinning against
-    other processes on a busy machine made such tests many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _size(arch):
@@ -164,26 +156,6 @@ def _close(actual, expected, what, floor=0.0):
                                msg=lambda m: f"{what}: {m}")
 
 
-def _loss_and_grads(model, x):
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(1)  # the same dropout / stochastic depth masks for both models
-    out = model(x)
-    if isinstance(out, (tuple, list)):  # distillation heads
-        out = out[0]
-    loss = out.square().mean()
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return loss.detach(), grads
-
-
-def _train_with_frozen_bn(model):
-    model.train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 ALL_ARCHS = SE_ARCHS + list(UNSUPPORTED_SE_ARCHS) + NON_SE_ARCHS
 
 
@@ -221,8 +193,8 @@ def test_zoo_model(arch):
 
     _train_with_frozen_bn(model)
     _train_with_frozen_bn(reference)
-    loss, grads = _loss_and_grads(model, x)
-    loss_ref, grads_ref = _loss_and_grads(reference, x)
+    loss, grads = _grads(model, x)
+    loss_ref, grads_ref = _grads(reference, x)
     torch.testing.assert_close(loss, loss_ref, rtol=RTOL, atol=0)
     assert grads.keys() == grads_ref.keys()
     se_params = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, FusedSEBlock)
