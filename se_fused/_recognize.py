@@ -109,14 +109,19 @@ def _is_mul(node: fx.Node) -> bool:
         (node.op == "call_method" and node.target == "mul")
 
 
-def _is_shape_query(node: fx.Node, queries: set) -> bool:
-    """x.size(), x.dim(), x.shape and items of those: no computation on values."""
+def _is_shape_query(node: fx.Node, queries=()) -> bool:
+    """t.size(), t.dim(), t.shape and items of those: no computation on values."""
     if node.op == "call_method" and node.target in ("size", "dim"):
         return True
-    if node.op == "call_function" and node.target is getattr and node.args[1] in ("shape",):
+    if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
         return True
     return node.op == "call_function" and node.target is operator.getitem and \
         isinstance(node.args[0], fx.Node) and node.args[0] in queries
+
+
+def _value_users(node: fx.Node) -> int:
+    """How many nodes use node's values (its shape queries do not)."""
+    return sum(not _is_shape_query(u) for u in node.users)
 
 
 def _is_shape_op(node: fx.Node) -> bool:
@@ -195,7 +200,7 @@ def _match(graph: fx.Graph, module: nn.Module) -> dict:
         raise _NoMatch("its output is not x times a gate")
     chain, steps, node = {result}, [], s
     while not _squeeze_of(node, x, module):
-        if node is x or len(node.users) != 1:
+        if node is x or _value_users(node) != 1:
             raise _NoMatch("the gate is not computed from a global average of x alone")
         chain.add(node)
         if not _is_shape_op(node):
@@ -203,7 +208,7 @@ def _match(graph: fx.Graph, module: nn.Module) -> dict:
         node = node.args[0]
         if not isinstance(node, fx.Node):
             raise _NoMatch("the gate is not computed from a global average of x alone")
-    if len(node.users) != 1:
+    if _value_users(node) != 1:
         raise _NoMatch("the squeezed values are used twice")
     chain.add(node)
     queries = set()
@@ -211,7 +216,8 @@ def _match(graph: fx.Graph, module: nn.Module) -> dict:
         if n.op in ("placeholder", "output") or n in chain:
             continue
         if not _is_shape_query(n, queries):
-            raise _NoMatch(f"its forward computes more ({n.op} {getattr(n.target, '__name__', n.target)})")
+            what = getattr(n.target, "__name__", n.target)
+            raise _NoMatch(f"its forward computes more ({n.op} {what})")
         queries.add(n)
     return _spec_of(steps[::-1])
 

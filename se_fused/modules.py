@@ -4,8 +4,9 @@ SEBlock is the block of the paper written the way everyone writes it (mean,
 1x1 conv, activation, 1x1 conv, gate, multiply). FusedSEBlock has the same
 parameters, under the same names, and runs them through one call of
 se_fused.ops.squeeze_excite. FusedSEBlock.from_module turns an SE module of
-this package, torchvision or timm into a FusedSEBlock that shares its
-Parameter objects and keeps its submodule names, so state_dicts are equal.
+this package, torchvision or timm, or any module whose forward traces to an SE
+computation (_recognize.py), into a FusedSEBlock that shares its Parameter objects
+and keeps its submodule names, so state_dicts are equal.
 """
 import operator
 import sys
@@ -83,8 +84,9 @@ class SEBlock(_SEBase):
 
     fc1 = Conv2d(channels, R, 1) and fc2 = Conv2d(R, channels, 1), with
     R = rd_channels, or max(1, channels // reduction). activation is "relu",
-    "silu", "hardswish" or "gelu" (exact), gate "sigmoid" or "hardsigmoid". The state_dict keys (fc1.weight,
-    fc1.bias, fc2.weight, fc2.bias) are those of torchvision's SqueezeExcitation.
+    "silu", "hardswish" or "gelu" (exact), gate "sigmoid" or "hardsigmoid". The
+    state_dict keys (fc1.weight, fc1.bias, fc2.weight, fc2.bias) are those of
+    torchvision's SqueezeExcitation.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +169,8 @@ class FusedSEBlock(_SEBase):
             warnings.warn(
                 f"se_fused: FusedSEBlock with a norm layer ({self._norm_name}: "
                 f"{type(norm).__name__}) runs unfused while that layer normalises with batch "
-                "statistics (train mode, or no running statistics); it is fused in eval mode", UserWarning, stacklevel=3)
+                "statistics (train mode, or no running statistics); it is fused in eval mode",
+                UserWarning, stacklevel=3)
         s = reduce(x.mean((2, 3), keepdim=True))
         s = ACTIVATIONS[self.activation](norm(s))
         if self._expand_name is not None:

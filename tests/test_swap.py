@@ -374,7 +374,8 @@ class ChannelGate(nn.Module):
 
 
 class SEBlockGelu(nn.Module):
-    """torch.mean, nn.GELU, Tensor.sigmoid, unsqueeze, torch.mul, shape from x.shape."""
+    """torch.mean, nn.GELU, Tensor.sigmoid, torch.mul, a reshape sized from the gate's
+    own shape."""
 
     def __init__(self, c, rd=4):
         super().__init__()
@@ -383,10 +384,9 @@ class SEBlockGelu(nn.Module):
         self.fc2 = nn.Linear(rd, c)
 
     def forward(self, x):
-        n, c = x.shape[0], x.shape[1]
         s = torch.mean(x, (2, 3))
         s = self.fc2(self.act(self.fc1(s))).sigmoid()
-        return torch.mul(x, s.reshape(n, c, 1, 1))
+        return torch.mul(x, s.reshape(s.shape[0], s.size(1), 1, 1))
 
 
 class EffectiveSE(nn.Module):
@@ -572,7 +572,7 @@ def test_report_lists_fused_and_left():
     assert out is model
     assert sorted(n for n, _ in report.fused) == sorted(
         ["se", "seq.0.se", "seq.1.se", "seq.2", "blocks.0.se", "blocks.1.se", "heads.mnv3"])
-    assert dict((n, c) for n, c in report.fused)["seq.2"] == "torchvision.ops.misc.SqueezeExcitation"
+    assert dict(report.fused)["seq.2"] == "torchvision.ops.misc.SqueezeExcitation"
     assert [(n, c) for n, c, _ in report.left] == [
         ("extra.0", "timm.layers.squeeze_excite.SEModule")]
     assert "add_maxpool" in report.left[0][2]
