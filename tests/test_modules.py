@@ -476,7 +476,8 @@ def test_from_module_of_copy_is_independent():
     torch.testing.assert_close(fused(_x()), src(_x()), **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("source", ["seblock", "timm_effnet_mobilenetv3"])
+@pytest.mark.parametrize("source", ["seblock", "timm_effnet_mobilenetv3", "timm_effective_se",
+                                    "tv_gelu_hardsigmoid"])
 def test_fused_block_compiles_without_graph_break(source):
     build, *_ = SOURCES[source]
     src = _randomize(build())
@@ -584,3 +585,11 @@ def test_norm_without_running_stats_runs_unfused():
     fused = FusedSEBlock.from_module(_randomize(src))
     with pytest.warns(UserWarning, match="unfused"):
         torch.testing.assert_close(fused(_x()), src(_x()), **TOL[torch.float64])
+
+
+def test_norm_folded_block_compiles_without_graph_break():
+    src = _se_with_bn().float().eval()
+    fused = FusedSEBlock.from_module(src)
+    fused.compile(backend="aot_eager", fullgraph=True)
+    x = _x(torch.float32)
+    _assert_same_run(_run(fused, x), _run(src, x), **TOL[torch.float32])

@@ -599,3 +599,13 @@ def test_gate_on_the_wrong_axis_not_recognised():
         replace_se_blocks(model)
     assert model[0] is module
     torch.testing.assert_close(model(x), expected, **TOL)
+
+
+def test_user_se_module_compiles_without_graph_break():
+    """Linear layers under nested names (fc.0, fc.2) through torch.compile(fullgraph=True)."""
+    torch.manual_seed(0)
+    src = SELayerLinear(C)
+    fused = FusedSEBlock.from_module(src)
+    fused.compile(backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, C, 5, 4)
+    torch.testing.assert_close(fused(x), src(x), **HELPER_TOL[torch.float32])
