@@ -7,10 +7,13 @@ The fused op becomes the SE block written in standard ONNX operators:
     s = gate(a2);  pre = Concat(a1, a2, axis=1)              (N, R + C), the 3rd output
     y = out_act(x * Unsqueeze(s, [2, 3]) [+ residual])
 
-with act Relu or x * Sigmoid(x), gate Sigmoid or HardSigmoid(alpha=1/6, beta=1/2)
-(PyTorch's hardsigmoid; ONNX's default alpha is 0.2). Like the op, z and the small
-layers are computed in float32 for float16/bfloat16 x (float64 for float64 x), and y
-is rounded once to x's dtype.
+with act Relu, x * Sigmoid(x) (silu), x * HardSigmoid(x) (hardswish, as PyTorch's
+relu6(x + 3) / 6 and valid at every opset; ONNX's HardSwish needs opset 14) or
+0.5 x (1 + Erf(x / sqrt 2)) (the exact gelu; ONNX's Gelu needs opset 20), gate Sigmoid
+or HardSigmoid(alpha=1/6, beta=1/2) (PyTorch's hardsigmoid; ONNX's default alpha is
+0.2). The one-layer form (w2 None) has no second Gemm and no activation: a2 = a1.
+Like the op, z and the small layers are computed in float32 for float16/bfloat16 x
+(float64 for float64 x), and y is rounded once to x's dtype.
 
 - dynamo=False (TorchScript exporter): importing se_fused registers the symbolic
   (opset 13 and later) through torch.onnx.register_custom_op_symbolic; it serves the
@@ -25,6 +28,8 @@ is rounded once to x's dtype.
 One description of the graph (_emit_se) serves both exporters; each exporter only
 supplies how a node is written (_TorchScriptBuilder, _OnnxScriptBuilder).
 """
+import math
+
 import torch
 
 __all__ = ["onnx_translation_table"]
@@ -44,7 +49,8 @@ def _emit_se(b, x, w1, b1, w2, b2, residual, activation, gate, out_activation):
     """Adds the nodes of se_forward through builder b; returns (y, z, pre).
 
     b.op(name, *inputs, **attrs) adds a node, b.ints(values) an int64 constant,
-    b.dtype(v) gives a value's ONNX data type (TypeError if unknown), b.cast(v, to).
+    b.scalar(value, to) a scalar constant of ONNX data type `to`, b.dtype(v) gives a
+    value's ONNX data type (TypeError if unknown), b.cast(v, to).
     """
     x_type = b.dtype(x)
     acc = _acc_type(x_type)
@@ -55,13 +61,11 @@ def _emit_se(b, x, w1, b1, w2, b2, residual, activation, gate, out_activation):
     xa = in_acc(x)
     z = b.op("Flatten", b.op("GlobalAveragePool", xa), axis=1)
     a1 = b.op("Gemm", *_present(z, in_acc(w1), in_acc(b1)), transB=1)
-    if activation == "relu":
-        h = b.op("Relu", a1)
-    elif activation == "silu":
-        h = b.op("Mul", a1, b.op("Sigmoid", a1))
+    if w2 is None:  # the one-layer form
+        a2 = a1
     else:
-        raise ValueError(f"se_fused ONNX export: unknown activation {activation!r}")
-    a2 = b.op("Gemm", *_present(h, in_acc(w2), in_acc(b2)), transB=1)
+        h = _emit_activation(b, a1, activation, acc)
+        a2 = b.op("Gemm", *_present(h, in_acc(w2), in_acc(b2)), transB=1)
     if gate == "sigmoid":
         s = b.op("Sigmoid", a2)
     elif gate == "hardsigmoid":
@@ -78,6 +82,20 @@ def _emit_se(b, x, w1, b1, w2, b2, residual, activation, gate, out_activation):
     if x_type != acc:
         y = b.cast(y, x_type)
     return y, z, b.op("Concat", a1, a2, axis=1)
+
+
+def _emit_activation(b, a, activation, acc):
+    if activation == "relu":
+        return b.op("Relu", a)
+    if activation == "silu":
+        return b.op("Mul", a, b.op("Sigmoid", a))
+    if activation == "hardswish":
+        return b.op("Mul", a, b.op("HardSigmoid", a, alpha=1.0 / 6.0, beta=0.5))
+    if activation == "gelu":
+        cdf = b.op("Add", b.scalar(1.0, acc),
+                   b.op("Erf", b.op("Mul", a, b.scalar(math.sqrt(0.5), acc))))
+        return b.op("Mul", b.op("Mul", a, b.scalar(0.5, acc)), cdf)
+    raise ValueError(f"se_fused ONNX export: unknown activation {activation!r}")
 
 
 def _present(*inputs):
@@ -105,6 +123,10 @@ class _TorchScriptBuilder:
 
     def ints(self, values):
         return self.g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+    def scalar(self, value, to):
+        dtype = torch.float64 if to == _DOUBLE else torch.float32
+        return self.g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
     def dtype(self, v):
         scalar = v.type().scalarType() if v.type().kind() == "TensorType" else None
@@ -160,6 +182,14 @@ class _OnnxScriptBuilder:
 
     def ints(self, values):
         return self._op.Constant(value_ints=list(values))
+
+    def scalar(self, value, to):
+        if to == _FLOAT:
+            return self._op.Constant(value_float=value)
+        import numpy as np
+        import onnx_ir
+
+        return self._op.Constant(value=onnx_ir.tensor(np.array(value, dtype=np.float64)))
 
     def dtype(self, v):
         dt = v.dtype

@@ -32,8 +32,10 @@ def assert_close_scaled(actual, expected, dtype, what="output"):
 
 
 def make_inputs(shape, R, dtype, memory_format, *, bias=True, residual=False,
-                param_dtype=None, device="cpu", seed=0):
-    """Random x, weights and biases (never zeros) that require grad."""
+                param_dtype=None, device="cpu", seed=0, one_layer=False):
+    """Random x, weights and biases (never zeros) that require grad.
+
+    one_layer: the one-layer form, w1 (C, C) and w2 = b2 = None (R is ignored)."""
     g = torch.Generator().manual_seed(seed)
     N, C, H, W = shape
     pdt = param_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -45,12 +47,14 @@ def make_inputs(shape, R, dtype, memory_format, *, bias=True, residual=False,
         return t.requires_grad_()
 
     x = rnd(N, C, H, W, dt=dtype).contiguous(memory_format=memory_format)
+    if one_layer:
+        R = C
     return dict(
         x=leaf(x),
         w1=leaf(rnd(R, C, scale=2.0 / max(C, 1) ** 0.5)),
         b1=leaf(rnd(R, scale=0.5)) if bias else None,
-        w2=leaf(rnd(C, R, scale=2.0 / max(R, 1) ** 0.5)),
-        b2=leaf(rnd(C, scale=0.5)) if bias else None,
+        w2=None if one_layer else leaf(rnd(C, R, scale=2.0 / max(R, 1) ** 0.5)),
+        b2=leaf(rnd(C, scale=0.5)) if bias and not one_layer else None,
         residual=leaf(rnd(N, C, H, W, dt=dtype).contiguous(memory_format=memory_format))
         if residual else None,
     )

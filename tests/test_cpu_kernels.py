@@ -68,6 +68,46 @@ def test_every_thread_count_gives_the_same_bits(layout, shape, R, dtype):
                 assert torch.equal(a, b), f"output {i} ({act}, {gate}, {out_act})"
 
 
+# The activations the loop above leaves out, and the one-layer form (w2 = b2 = None,
+# w1 (C, C): no second product, da1 = da2), through both schedules.
+NEW_FORMS = [("hardswish", "sigmoid", "none", False), ("gelu", "hardsigmoid", "relu", False),
+             ("relu", "sigmoid", "relu", True), ("relu", "hardsigmoid", "none", True)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape,R", SHAPES[:5], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_new_activations_and_one_layer_give_the_same_bits_on_every_thread_count(
+        layout, shape, R, dtype):
+    for act, gate, out_act, one_layer in NEW_FORMS:
+        inputs = make_inputs(shape, R, dtype, LAYOUTS[layout], residual=True,
+                             one_layer=one_layer)
+        outs = [_with_threads(t, lambda: _forward_and_backward(inputs, act, gate, out_act, True))
+                for t in (1, 2, 4)]
+        without_pre = _with_threads(2, lambda: _forward_and_backward(
+            inputs, act, gate, out_act, True, use_pre=False))
+        for other in outs[1:] + [without_pre]:
+            for i, (a, b) in enumerate(zip(outs[0], other)):
+                assert torch.equal(a, b), f"output {i} ({act}, {gate}, {out_act}, {one_layer})"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("N", [2, 9])
+def test_one_layer_pre_halves_are_both_a1_and_second_layer_grads_are_empty(layout, N):
+    inputs = make_inputs((N, 24, 5, 6), None, torch.float32, LAYOUTS[layout], one_layer=True)
+    x = inputs["x"].detach()
+    w1, b1, w2, b2 = _params(inputs)
+    assert w2 is None and b2 is None
+    y, z, pre = ops.se_forward(x, w1, b1, None, None, None, "relu", "sigmoid", "none")
+    assert pre.shape == (N, 48)
+    assert torch.equal(pre[:, :24], pre[:, 24:])
+    assert_close_dtype(pre[:, :24], z @ w1.t() + b1, torch.float32)
+    grads = ops.se_backward(torch.randn_like(y), x, z, None, w1, b1, None, None, "relu",
+                            "sigmoid", False, False, pre)
+    assert grads[4].shape == (0,) and grads[5].shape == (0,)
+    assert grads[2].shape == (24, 24) and grads[3].shape == (24,)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,R", [((8, 256, 7, 7), 16), ((3, 37, 3, 5), 5)],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
@@ -164,14 +204,16 @@ def test_inplace_forward_gives_the_same_bits(layout, shape, dtype, residual, out
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("N", [1, 8])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
-def test_backward_from_y_matches_backward_from_x(layout, N, gate):
-    inputs = make_inputs((N, 40, 6, 7), 10, torch.float64, LAYOUTS[layout])
+@pytest.mark.parametrize("act,one_layer", [("relu", False), ("gelu", False), ("relu", True)],
+                         ids=["relu", "gelu", "one_layer"])
+def test_backward_from_y_matches_backward_from_x(layout, N, gate, act, one_layer):
+    inputs = make_inputs((N, 40, 6, 7), 10, torch.float64, LAYOUTS[layout], one_layer=one_layer)
     x = inputs["x"].detach()
     w1, b1, w2, b2 = _params(inputs)
-    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, "relu", gate, "none")
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, act, gate, "none")
     gy = torch.randn_like(y)
-    from_x = ops.se_backward(gy, x, z, None, w1, b1, w2, b2, "relu", gate, False)
-    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, "relu", gate, False, True, pre)
+    from_x = ops.se_backward(gy, x, z, None, w1, b1, w2, b2, act, gate, False)
+    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, act, gate, False, True, pre)
     for i, (a, b) in enumerate(zip(from_x, from_y)):
         torch.testing.assert_close(b, a, **TOL[torch.float64], msg=lambda m: f"output {i}: {m}")
 

@@ -170,7 +170,7 @@ class _AllOptions(nn.Module):
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
-@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("activation", ["relu", "silu", "hardswish", "gelu"])
 def test_every_option_matches_onnxruntime(exporter, activation, gate):
     model = _AllOptions(activation, gate).eval()
     x, residual = _x((2, C, 5, 7), seed=1), _x((2, C, 5, 7), seed=2)
@@ -185,14 +185,99 @@ def test_every_option_matches_onnxruntime(exporter, activation, gate):
         alphas = [a.f for n in _all_nodes(proto.graph) if n.op_type == "HardSigmoid"
                   for a in n.attribute if a.name == "alpha"]
         # PyTorch's hardsigmoid is x/6 + 1/2; ONNX's default alpha is 0.2
-        assert alphas == [pytest.approx(1 / 6)] * len(BRANCHES), alphas
-    got = run_ort(proto, x, residual)
-    assert len(got) == len(BRANCHES)
+        # (hardswish may add one HardSigmoid per call too: x * HardSigmoid(x))
+        assert len(alphas) >= len(BRANCHES), alphas
+        assert alphas == [pytest.approx(1 / 6)] * len(alphas), alphas
+    _assert_branches_match(run_ort(proto, x, residual), expected)
+
+
+def _assert_branches_match(got, expected):
+    """onnxruntime's outputs against PyTorch's, one per BRANCHES entry."""
+    assert len(got) == len(expected) == len(BRANCHES)
     for (bias, use_residual, out_relu), g, e in zip(BRANCHES, got, expected):
         torch.testing.assert_close(
             g, e, **TOL[torch.float32],
             msg=lambda m, b=bias, r=use_residual, o=out_relu:
                 f"bias={b} residual={r} out_relu={o}: {m}")
+
+
+# --- the one-layer form (w2 = b2 = None, w1 (C, C))
+
+
+class _OneLayer(nn.Module):
+    """One one-layer squeeze_excite call per (bias, residual, out_activation)."""
+
+    def __init__(self, gate):
+        super().__init__()
+        self.gate = gate
+        g = torch.Generator().manual_seed(7)
+        self.w1 = nn.ParameterList(nn.Parameter(torch.randn(C, C, generator=g) * 2 / C ** 0.5)
+                                   for _ in BRANCHES)
+        self.b1 = nn.ParameterList(nn.Parameter(torch.randn(C, generator=g))
+                                   for bias, _, _ in BRANCHES if bias)
+
+    def forward(self, x, residual):
+        outs, biases = [], iter(self.b1)
+        for w1, (bias, use_residual, out_relu) in zip(self.w1, BRANCHES):
+            outs.append(se_fused.squeeze_excite(
+                x, w1, next(biases) if bias else None, None, None, gate=self.gate,
+                residual=residual if use_residual else None,
+                out_activation="relu" if out_relu else None))
+        return tuple(outs)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+def test_one_layer_form_matches_onnxruntime(exporter, gate):
+    model = _OneLayer(gate).eval()
+    x, residual = _x((2, C, 5, 7), seed=8), _x((2, C, 5, 7), seed=9)
+    with torch.no_grad():
+        expected = model(x, residual)
+    proto = export(model, (x, residual), exporter, opset=MIN_OPSET, grad=False)
+    assert_standard_onnx(proto)
+    if exporter == "torchscript":  # our symbolic: one Gemm per call, no activation
+        types = op_types(proto)
+        assert types.count("Gemm") == len(BRANCHES), types
+    _assert_branches_match(run_ort(proto, x, residual), expected)
+
+
+class _RawNewForms(nn.Module):
+    """The raw op's three outputs with the gelu and hardswish activations and in the
+    one-layer form (dynamo needs the translation table for these)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(10)
+        self.w1 = nn.Parameter(torch.randn(R, C, generator=g) * 2 / C ** 0.5)
+        self.w1_hs = nn.Parameter(torch.randn(R, C, generator=g) * 2 / C ** 0.5)
+        self.w2 = nn.Parameter(torch.randn(C, R, generator=g) * 2 / R ** 0.5)
+        self.b2 = nn.Parameter(torch.randn(C, generator=g))
+        self.w1_one = nn.Parameter(torch.randn(C, C, generator=g) * 2 / C ** 0.5)
+        self.b1_one = nn.Parameter(torch.randn(C, generator=g))
+
+    def forward(self, x):
+        op = torch.ops.se_fused.se_forward
+        return (*op(x, self.w1, None, self.w2, self.b2, None, "gelu", "sigmoid", "none"),
+                *op(x, self.w1_hs, None, self.w2, self.b2, None, "hardswish", "hardsigmoid",
+                    "none"),
+                *op(x, self.w1_one, self.b1_one, None, None, None, "relu", "sigmoid", "none"))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_raw_op_new_activations_and_one_layer_match_onnxruntime(exporter):
+    model = _RawNewForms().eval()
+    x = _x((2, C, 6, 5), seed=11)
+    proto = export(model, (x,), exporter, opset=MIN_OPSET, raw_ops=True)
+    assert_standard_onnx(proto)
+    types = op_types(proto)
+    assert "Erf" in types and "HardSigmoid" in types
+    assert types.count("Gemm") == 5, types  # 2 + 2 + 1 (one layer)
+    with torch.no_grad():
+        expected = model(x)
+    got = run_ort(proto, x)
+    assert len(got) == len(expected) == 9
+    for i, (g, e) in enumerate(zip(got, expected)):
+        torch.testing.assert_close(g, e, **TOL[torch.float32], msg=lambda m, i=i: f"{i}: {m}")
 
 
 # --- both outputs of the raw op, float16 input, dynamic batch, default opset

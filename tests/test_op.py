@@ -13,11 +13,13 @@ from .helpers import graph_capturing_backend, assert_close_scaled, TOL, make_inp
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 EPILOGUES = {"plain": (False, None), "residual": (True, None), "residual_relu": (True, "relu")}
+ACTIVATIONS = ["relu", "silu", "hardswish", "gelu"]
+GATES = ["sigmoid", "hardsigmoid"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("activation,gate", list(itertools.product(["relu", "silu"], ["sigmoid", "hardsigmoid"])))
+@pytest.mark.parametrize("activation,gate", list(itertools.product(ACTIVATIONS, GATES)))
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("epilogue", EPILOGUES)
 def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias, epilogue):
@@ -30,6 +32,39 @@ def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias
     assert_close_dtype(y, y_ref, dtype)
     for name in grads:
         assert_close_dtype(grads[name], grads_ref[name], dtype, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_one_layer_form_matches_reference(dtype, layout, gate, bias, epilogue):
+    """w2 = b2 = None, w1 (C, C): y = x * gate(W1 z + b1); no gradient for w2/b2."""
+    residual, out_act = EPILOGUES[epilogue]
+    inputs = make_inputs((3, 10, 5, 3), None, dtype, LAYOUTS[layout], bias=bias,
+                         residual=residual, one_layer=True)
+    kw = dict(gate=gate, out_activation=out_act)
+    (y, grads), (y_ref, grads_ref) = run_both(inputs, kw)
+    assert y.dtype == dtype and y.stride() == inputs["x"].stride()
+    assert set(grads) == {"x", "w1"} | ({"b1"} if bias else set()) | (
+        {"residual"} if residual else set())
+    assert_close_dtype(y, y_ref, dtype)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], dtype, what=f"grad {name}")
+
+
+def test_one_layer_form_is_the_gate_of_one_linear_layer():
+    """The reference's one-layer form against the formula written out (no activation,
+    whatever activation name is passed)."""
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    w1, b1 = torch.randn(6, 6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    expected = x * torch.nn.functional.hardsigmoid(x.mean((2, 3)) @ w1.t() + b1)[:, :, None, None]
+    for activation in ACTIVATIONS:
+        for fn in (se_fused.squeeze_excite, reference.squeeze_excite):
+            y = fn(x, w1.reshape(6, 6, 1, 1), b1, None, None, activation=activation,
+                   gate="hardsigmoid")
+            torch.testing.assert_close(y, expected, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("N", [1, 5])
@@ -82,35 +117,55 @@ def test_conv_shaped_weights_are_accepted_and_get_conv_shaped_grads():
         assert_close_dtype(grads[name], grads_ref[name], torch.float64, what=name)
 
 
+# (activation, gate, one_layer): every activation once, and the one-layer form.
+GRAD_FORMS = [("relu", "sigmoid", False), ("silu", "hardsigmoid", False),
+              ("hardswish", "sigmoid", False), ("gelu", "hardsigmoid", False),
+              ("relu", "sigmoid", True), ("relu", "hardsigmoid", True)]
+
+
+def _grad_form_id(v):
+    return v if isinstance(v, str) else ("one_layer" if v is True else "two_layers")
+
+
+def _gradcheck_args(shape, R, layout, one_layer, **kw):
+    inp = make_inputs(shape, R, torch.float64, layout, residual=True, one_layer=one_layer, **kw)
+    return tuple(inp[k] for k in ("x", "w1", "b1", "w2", "b2", "residual"))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("activation,gate", [("relu", "sigmoid"), ("silu", "hardsigmoid")])
-def test_gradcheck_every_input_float64(layout, activation, gate):
-    inp = make_inputs((2, 5, 3, 4), 3, torch.float64, LAYOUTS[layout], residual=True)
+@pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
+def test_gradcheck_every_input_float64(layout, activation, gate, one_layer):
     f = lambda x, w1, b1, w2, b2, r: se_fused.squeeze_excite(  # noqa: E731
         x, w1, b1, w2, b2, activation=activation, gate=gate, residual=r, out_activation="relu")
-    args = tuple(inp[k] for k in ("x", "w1", "b1", "w2", "b2", "residual"))
-    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradcheck(f, _gradcheck_args((2, 5, 3, 4), 3, LAYOUTS[layout],
+                                                       one_layer))
 
 
 @pytest.mark.parametrize("out_activation", [None, "relu"])
-def test_gradgradcheck_double_backward(out_activation):
-    inp = make_inputs((2, 4, 3, 3), 2, torch.float64, torch.contiguous_format, residual=True)
+@pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
+def test_gradgradcheck_double_backward(out_activation, activation, gate, one_layer):
     f = lambda x, w1, b1, w2, b2, r: se_fused.squeeze_excite(  # noqa: E731
-        x, w1, b1, w2, b2, activation="silu", residual=r, out_activation=out_activation)
-    args = tuple(inp[k] for k in ("x", "w1", "b1", "w2", "b2", "residual"))
-    assert torch.autograd.gradgradcheck(f, args)
+        x, w1, b1, w2, b2, activation=activation, gate=gate, residual=r,
+        out_activation=out_activation)
+    assert torch.autograd.gradgradcheck(f, _gradcheck_args((2, 4, 3, 3), 2,
+                                                           torch.contiguous_format, one_layer))
 
 
-def test_differentiable_backward_agrees_with_fused_backward():
+@pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
+def test_differentiable_backward_agrees_with_fused_backward(activation, gate, one_layer):
     from se_fused.ops import _backward_composite
-    inp = make_inputs((3, 8, 5, 5), 2, torch.float64, torch.channels_last)
-    x, w1, b1, w2, b2 = (inp[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))
-    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, "silu", "hardsigmoid",
-                                              "relu")
+    inp = make_inputs((3, 8, 5, 5), 2, torch.float64, torch.channels_last, one_layer=one_layer)
+    x, w1, b1 = (inp[k].detach() for k in ("x", "w1", "b1"))
+    w2, b2 = (None, None) if one_layer else (inp["w2"].detach(), inp["b2"].detach())
+    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, activation, gate, "relu")
     gy = torch.randn_like(y)
-    fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, "silu", "hardsigmoid", True,
+    fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, activation, gate, True,
                                            False, pre)
-    composite = _backward_composite(gy, x, None, y, w1, b1, w2, b2, "silu", "hardsigmoid")
+    composite = _backward_composite(gy, x, None, y, w1, b1, w2, b2, activation, gate)
+    if one_layer:  # no second layer: (0,) from the kernel, None from the composite
+        assert fused[4].shape == (0,) and fused[5].shape == (0,)
+        assert composite[4] is None and composite[5] is None
+        fused, composite = fused[:4], composite[:4]
     for a, b in zip(fused, composite):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
@@ -133,6 +188,28 @@ def test_opcheck_forward_op(layout, residual, out_act):
                           (x, w1, b1, w2, None, r, "silu", "sigmoid", out_act))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("residual,out_act", [(False, "none"), (True, "relu")])
+def test_opcheck_forward_op_one_layer(layout, residual, out_act):
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64).to(memory_format=LAYOUTS[layout])
+    w1, b1 = torch.randn(8, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    r = torch.randn_like(x).requires_grad_() if residual else None
+    torch.library.opcheck(torch.ops.se_fused.se_forward.default,
+                          (x.requires_grad_(), w1.requires_grad_(), b1.requires_grad_(), None,
+                           None, r, "relu", "hardsigmoid", out_act))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_opcheck_backward_op_one_layer(masked):
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    w1, b1 = torch.randn(8, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, None, None, None, "relu", "sigmoid",
+                                              "relu" if masked else "none")
+    torch.library.opcheck(torch.ops.se_fused.se_backward.default,
+                          (torch.randn_like(x), x, z, y if masked else None, w1, b1, None, None,
+                           "relu", "sigmoid", masked, False, pre))
+
+
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("with_pre", [False, True])
 def test_opcheck_backward_op(masked, with_pre):
@@ -146,19 +223,9 @@ def test_opcheck_backward_op(masked, with_pre):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
-    graphs = []
-    backend = graph_capturing_backend(graphs)
-
-    torch._dynamo.reset()
     inp = make_inputs((4, 16, 7, 7), 4, torch.float32, LAYOUTS[layout], residual=True)
     kw = dict(activation="silu", gate="hardsigmoid", out_activation="relu")
-    fn = torch.compile(se_fused.squeeze_excite, fullgraph=True, backend=backend)
-    (y, grads), (y_ref, grads_ref) = run_both(inp, kw, fused=fn)
-    assert_close_dtype(y, y_ref, torch.float32)
-    for name in grads:
-        assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
-    assert any("se_fused.se_forward" in g for g in graphs)
-    assert any("se_fused.se_backward" in g for g in graphs)
+    y_ref, grads_ref = _compiled_matches_reference_with_fused_ops(inp, kw)
 
     torch._dynamo.reset()
     compiled = torch.compile(se_fused.squeeze_excite, fullgraph=True)  # inductor
@@ -166,6 +233,31 @@ def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
     assert_close_dtype(y2, y_ref, torch.float32)
     for name in grads2:
         assert_close_dtype(grads2[name], grads_ref[name], torch.float32, what=name)
+
+
+@pytest.mark.parametrize("activation,one_layer", [("gelu", False), ("hardswish", False),
+                                                  ("relu", True)])
+def test_torch_compile_fullgraph_new_forms_use_fused_ops(activation, one_layer):
+    inp = make_inputs((4, 16, 5, 5), 4, torch.float32, torch.channels_last, residual=True,
+                      one_layer=one_layer)
+    _compiled_matches_reference_with_fused_ops(
+        inp, dict(activation=activation, gate="sigmoid", out_activation="relu"))
+
+
+def _compiled_matches_reference_with_fused_ops(inp, kw):
+    """squeeze_excite under torch.compile(fullgraph=True) against the reference, with
+    se_forward and se_backward in the graphs; returns the reference's (y, grads)."""
+    graphs = []
+    torch._dynamo.reset()
+    fn = torch.compile(se_fused.squeeze_excite, fullgraph=True,
+                       backend=graph_capturing_backend(graphs))
+    (y, grads), (y_ref, grads_ref) = run_both(inp, kw, fused=fn)
+    assert_close_dtype(y, y_ref, torch.float32)
+    for name in grads:
+        assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=name)
+    assert any("se_fused.se_forward" in g for g in graphs)
+    assert any("se_fused.se_backward" in g for g in graphs)
+    return y_ref, grads_ref
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -215,12 +307,15 @@ def test_results_do_not_depend_on_thread_count(layout, shape):
             assert torch.equal(grads[name], outs[0][1][name]), name
 
 
-def test_empty_batch_returns_empty_and_zero_parameter_grads():
-    inp = make_inputs((0, 6, 4, 4), 2, torch.float32, torch.channels_last)
+@pytest.mark.parametrize("one_layer", [False, True], ids=["two_layers", "one_layer"])
+def test_empty_batch_returns_empty_and_zero_parameter_grads(one_layer):
+    inp = make_inputs((0, 6, 4, 4), 2, torch.float32, torch.channels_last, one_layer=one_layer)
     (y, grads), _ = run_both(inp, {})
     assert y.shape == (0, 6, 4, 4)
     assert grads["x"].shape == (0, 6, 4, 4)
-    assert torch.count_nonzero(grads["w1"]) == 0 and torch.count_nonzero(grads["b2"]) == 0
+    assert torch.count_nonzero(grads["w1"]) == 0 and torch.count_nonzero(grads["b1"]) == 0
+    if not one_layer:
+        assert torch.count_nonzero(grads["b2"]) == 0
 
 
 def test_inputs_are_not_modified():
@@ -308,6 +403,14 @@ def test_reference_rejects_unknown_names_too():
         reference.squeeze_excite(a["x"], a["w1"], a["b1"], a["w2"], a["b2"], activation="tanh")
 
 
+def test_reference_checks_the_one_layer_form_too():
+    a = _good()
+    with pytest.raises(ValueError, match=r"w1 must have shape \(C, C\)"):
+        reference.squeeze_excite(a["x"], a["w1"], a["b1"], None, None)
+    with pytest.raises(ValueError, match="b2 must be None"):
+        reference.squeeze_excite(a["x"], torch.randn(8, 8), None, None, a["b2"])
+
+
 def test_output_relu_propagates_nan_like_torch_relu():
     x = torch.randn(1, 4, 3, 3)
     x[0, 1, 1, 1] = float("nan")
@@ -334,3 +437,26 @@ def test_inference_path_matches_and_records_no_graph():
         assert y.grad_fn is None and not y.requires_grad
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert_close_dtype(y, expected, torch.float32)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_layer_form_inplace_under_autograd_matches_reference(gate, layout):
+    """inplace=True on a non-leaf (the output of a conv) in the one-layer form: y is
+    written over it, and the gradients reach w1, b1 and the conv as the reference's."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 1)
+    x0 = torch.randn(4, 8, 5, 5).contiguous(memory_format=LAYOUTS[layout])
+    w1 = torch.randn(8, 8, requires_grad=True)
+    b1 = torch.randn(8, requires_grad=True)
+    results = []
+    for fn, kw in ((se_fused.squeeze_excite, dict(inplace=True)), (reference.squeeze_excite, {})):
+        t = conv(x0)
+        y = fn(t, w1, b1, None, None, gate=gate, **kw)
+        if kw:
+            assert y is t
+        results.append((y.detach(), torch.autograd.grad((y * y).sum(), [w1, b1, conv.weight])))
+    (y, grads), (y_ref, grads_ref) = results
+    assert_close_dtype(y, y_ref, torch.float32)
+    for name, a, b in zip(("w1", "b1", "conv.weight"), grads, grads_ref):
+        assert_close_dtype(a, b, torch.float32, what=name)

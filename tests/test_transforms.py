@@ -20,6 +20,12 @@ CONFIGS = {
     "silu-hardsigmoid": dict(activation="silu", gate="hardsigmoid"),
     "residual-relu": dict(residual=True, out_activation="relu"),
     "silu-sigmoid-residual": dict(activation="silu", residual=True),
+    "hardswish-sigmoid": dict(activation="hardswish"),
+    "gelu-hardsigmoid-residual-relu": dict(activation="gelu", gate="hardsigmoid", residual=True,
+                                           out_activation="relu"),
+    # w2 = b2 = None, w1 (C, C): the parameters are (w1, b1) only
+    "one-layer": dict(one_layer=True),
+    "one-layer-hardsigmoid-residual": dict(one_layer=True, gate="hardsigmoid", residual=True),
 }
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -28,18 +34,31 @@ def _inputs(config, layout=torch.contiguous_format, N=2, C=6, H=3, W=4, R=3, see
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s, scale=1.0: torch.randn(*s, generator=g, dtype=DT) * scale  # noqa: E731
     x = rnd(N, C, H, W).contiguous(memory_format=layout)
-    params = (rnd(R, C, scale=0.5), rnd(R), rnd(C, R, scale=0.5), rnd(C))
     kw = dict(CONFIGS[config])
+    if kw.pop("one_layer", False):
+        params = (rnd(C, C, scale=0.5), rnd(C))
+    else:
+        params = (rnd(R, C, scale=0.5), rnd(R), rnd(C, R, scale=0.5), rnd(C))
     if kw.pop("residual", False):
         kw["residual"] = rnd(N, C, H, W).contiguous(memory_format=layout)
     return x, params, kw
 
 
 def _fns(kw):
-    """The fused op and the reference as functions of (x, w1, b1, w2, b2)."""
+    """The fused op and the reference as functions of (x, w1, b1, w2, b2), or of
+    (x, w1, b1) in the one-layer form (w2 = b2 = None)."""
     def bind(op):
-        return lambda x, w1, b1, w2, b2, **more: op(x, w1, b1, w2, b2, **kw, **more)
+        def f(x, *params, **more):
+            params = params + (None,) * (4 - len(params))
+            return op(x, *params, **kw, **more)
+        return f
     return bind(se_fused.squeeze_excite), bind(reference.squeeze_excite)
+
+
+def _argnums(params, wanted):
+    """The argnums of (x, *params) among `wanted` that exist (the one-layer form has
+    no w2, b2)."""
+    return tuple(a for a in wanted if a <= len(params))
 
 
 def _close(a, b, what):
@@ -74,14 +93,16 @@ def test_jvp_tangent_matches_reference_for_every_input(config, layout):
 def test_forward_ad_dual_tangent_matches_reference(config):
     x, params, kw = _inputs(config)
     fused, ref = _fns(kw)
+    # x and the last weight (w2, or w1 in the one-layer form) carry tangents
+    k = len(params) - 2
     tx = torch.randn_like(x)
-    tw2 = torch.randn_like(params[2])
+    tw = torch.randn_like(params[k])
     results = []
     for f in (fused, ref):
         with fwAD.dual_level():
             xd = fwAD.make_dual(x, tx)
-            w2d = fwAD.make_dual(params[2], tw2)
-            out = f(xd, params[0], params[1], w2d, params[3])
+            wd = fwAD.make_dual(params[k], tw)
+            out = f(xd, *params[:k], wd, *params[k + 1:])
             tangent = fwAD.unpack_dual(out).tangent
         assert tangent is not None, "forward AD dropped the tangent"
         results.append(tangent)
@@ -104,7 +125,7 @@ def test_forward_ad_tangent_of_residual_alone():
 def test_func_grad_and_vjp_match_reference(config):
     x, params, kw = _inputs(config)
     fused, ref = _fns(kw)
-    argnums = (0, 1, 2, 3, 4)
+    argnums = tuple(range(len(params) + 1))
     _tree_close(grad(_loss(fused), argnums=argnums)(x, *params),
                 grad(_loss(ref), argnums=argnums)(x, *params), "grad")
     y, pullback = vjp(fused, x, *params)
@@ -117,7 +138,7 @@ def test_func_grad_and_vjp_match_reference(config):
 def test_jacrev_and_jacfwd_match_reference(config):
     x, params, kw = _inputs(config, N=1, C=4, H=2, W=3, R=2)
     fused, ref = _fns(kw)
-    for argnum in (0, 1, 3):
+    for argnum in _argnums(params, (0, 1, 3)):
         _close(jacrev(fused, argnums=argnum)(x, *params),
                jacrev(ref, argnums=argnum)(x, *params), f"jacrev {argnum}")
         _close(jacfwd(fused, argnums=argnum)(x, *params),
@@ -131,7 +152,7 @@ def test_hessian_matches_reference(config, monkeypatch):
     # reverse-over-reverse with hardsigmoid spelled as a clamp (same values and slopes).
     x, params, kw = _inputs(config, N=1, C=4, H=2, W=3, R=2)
     fused, ref = _fns(kw)
-    for argnum in (0, 1, 4):
+    for argnum in _argnums(params, (0, 1, 2, 4)):
         h = hessian(_loss(fused), argnums=argnum)(x, *params)
         with monkeypatch.context() as m:
             m.setitem(se_fused._names.GATES, "hardsigmoid",
@@ -165,8 +186,12 @@ def test_per_sample_gradients_vmap_grad(config, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_vmap_folds_into_one_fused_call(layout, monkeypatch):
-    x, params, kw = _inputs("relu-sigmoid", LAYOUTS[layout], N=3)
+@pytest.mark.parametrize("config", ["relu-sigmoid", "gelu-hardsigmoid-residual-relu",
+                                    "one-layer"])
+def test_vmap_folds_into_one_fused_call(layout, config, monkeypatch):
+    x, params, kw = _inputs(config, LAYOUTS[layout], N=3)
+    kw.pop("residual", None)
+    fused, ref = _fns(kw)
     xb = torch.stack([x, 2 * x, -x, x + 1]).contiguous()
     if layout == "channels_last":
         xb = xb.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
@@ -187,9 +212,9 @@ def test_vmap_folds_into_one_fused_call(layout, monkeypatch):
     monkeypatch.setattr(se_fused.ops, "_ops", Spy())
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*(fallback|performance).*")
-        y = vmap(se_fused.squeeze_excite, in_dims=(0, None, None, None, None))(xb, *params)
+        y = vmap(fused, in_dims=(0,) + (None,) * len(params))(xb, *params)
     assert calls == [(12, 6, 3, 4)], calls
-    expected = torch.stack([reference.squeeze_excite(xi, *params) for xi in xb])
+    expected = torch.stack([ref(xi, *params) for xi in xb])
     _close(y, expected, "vmap")
 
 
