@@ -4,8 +4,9 @@ SEBlock is the block of the paper written the way everyone writes it (mean,
 1x1 conv, activation, 1x1 conv, gate, multiply). FusedSEBlock has the same
 parameters, under the same names, and runs them through one call of
 se_fused.ops.squeeze_excite. FusedSEBlock.from_module turns an SE module of
-this package, torchvision or timm into a FusedSEBlock that shares its
-Parameter objects and keeps its submodule names, so state_dicts are equal.
+this package, torchvision or timm, or any module whose forward traces to an SE
+computation (_recognize.py), into a FusedSEBlock that shares its Parameter objects
+and keeps its submodule names, so state_dicts are equal.
 """
 import operator
 import sys
@@ -83,17 +84,16 @@ class SEBlock(_SEBase):
 
     fc1 = Conv2d(channels, R, 1) and fc2 = Conv2d(R, channels, 1), with
     R = rd_channels, or max(1, channels // reduction). activation is "relu",
-    "silu", "hardswish" or "gelu", gate "sigmoid" or "hardsigmoid". The state_dict keys (fc1.weight,
-    fc1.bias, fc2.weight, fc2.bias) are those of torchvision's SqueezeExcitation.
+    "silu", "hardswish" or "gelu" (exact), gate "sigmoid" or "hardsigmoid". The
+    state_dict keys (fc1.weight, fc1.bias, fc2.weight, fc2.bias) are those of
+    torchvision's SqueezeExcitation.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)
         s = self.fc1(s)
-        s = ACTIVATIONS[self.activation](s)
-        s = self.fc2(s)
-        s = GATES[self.gate](s)
-        return x * s
+        s = self.fc2(ACTIVATIONS[self.activation](s))
+        return x * GATES[self.gate](s)
 
 
 class FusedSEBlock(_SEBase):
@@ -101,9 +101,16 @@ class FusedSEBlock(_SEBase):
 
     Same constructor, parameters and state_dict as SEBlock, plus inplace (as
     nn.ReLU(inplace=True): y is written over x, which is returned). Use
-    FusedSEBlock.from_module(m) to fuse an existing SE module (SEBlock,
-    torchvision.ops.SqueezeExcitation, timm.layers.SEModule or timm's
-    EfficientNet SqueezeExcite) without copying its parameters.
+    FusedSEBlock.from_module(m) to fuse an existing SE module without copying its
+    parameters: the classes listed in from_module, or any module recognised by
+    structure (se_fused._recognize).
+
+    A block made by from_module may hold nn.Linear layers instead of 1x1 convolutions,
+    a single C->C layer (effective SE: s = gate(W1 z + b1), activation None), or a
+    BatchNorm2d between the layers (norm): in eval mode it is folded into the first
+    layer at each call, from its current running statistics and affine parameters;
+    in train mode (or without running statistics) the block computes what the source
+    module computes, unfused, and warns once.
 
     What the backward keeps: the op keeps y, not x, unless y is modified in place
     later (SE-ResNet's `out += shortcut`), which would leave it without the values it
@@ -118,27 +125,57 @@ class FusedSEBlock(_SEBase):
         super().__init__(channels, reduction, rd_channels=rd_channels, activation=activation,
                          gate=gate, bias=bias, device=device, dtype=dtype)
         self._reduce_name = "fc1"
-        self._expand_name = "fc2"
-        self.inplace = _check_bool(inplace, "inplace")
+        self._expand_name: Optional[str] = "fc2"
+        self._norm_name: Optional[str] = None
+        self._init_state(_check_bool(inplace, "inplace"))
+
+    def _init_state(self, inplace: bool) -> None:
+        self.inplace = inplace
         self._output_mutated: Optional[bool] = None  # unknown until a backward tells
         self._inplace_blocker: Optional[str] = None  # unchecked; "" when checked and free
+        self._warned_unfused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        reduce = getattr(self, self._reduce_name)
-        expand = getattr(self, self._expand_name)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"se_fused: x must be a torch.Tensor, got {type(x).__name__}")
+        reduce = self.get_submodule(self._reduce_name)
+        w1, b1 = ops.as_matrix(reduce.weight), reduce.bias
+        if self._norm_name is not None:
+            norm = self.get_submodule(self._norm_name)
+            if norm.training or norm.running_mean is None:
+                return self._forward_unfused(x, reduce, norm)
+            w1, b1 = _fold_norm(w1, b1, norm)
+        if self._expand_name is None:
+            w2 = b2 = None
+        else:
+            expand = self.get_submodule(self._expand_name)
+            w2, b2 = ops.as_matrix(expand.weight), expand.bias
         keep_x = self._output_mutated is not False
         inplace = self.inplace
         if inplace and not torch.compiler.is_compiling():
             inplace = self._may_write_over(x)
-        y = ops._squeeze_excite(x, ops.as_matrix(reduce.weight), reduce.bias,
-                                ops.as_matrix(expand.weight), expand.bias, None,
-                                self.activation, self.gate, "none", inplace, keep_x)
+        y = ops._squeeze_excite(x, w1, b1, w2, b2, None, self.activation or "relu", self.gate,
+                                "none", inplace, keep_x)
         if not torch.compiler.is_compiling() and self._output_mutated is None \
                 and y.grad_fn is not None:
             _watch_for_mutation(self, y)
         return y
+
+    def _forward_unfused(self, x, reduce, norm):
+        """The source's computation, layer by layer: a norm layer on batch statistics
+        depends on the whole batch of fc1 outputs, which the fused op does not see."""
+        if not self._warned_unfused and not torch.compiler.is_compiling():
+            self._warned_unfused = True
+            warnings.warn(
+                f"se_fused: FusedSEBlock with a norm layer ({self._norm_name}: "
+                f"{type(norm).__name__}) runs unfused while that layer normalises with batch "
+                "statistics (train mode, or no running statistics); it is fused in eval mode",
+                UserWarning, stacklevel=3)
+        s = reduce(x.mean((2, 3), keepdim=True))
+        s = ACTIVATIONS[self.activation](norm(s))
+        if self._expand_name is not None:
+            s = self.get_submodule(self._expand_name)(s)
+        return x * GATES[self.gate](s)
 
     def _may_write_over(self, x: torch.Tensor) -> bool:
         """False (with a warning, once) when the layer that produced x saved x for its own
@@ -155,45 +192,66 @@ class FusedSEBlock(_SEBase):
         return not self._inplace_blocker
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", inplace=True" if self.inplace else "")
+        extra = ""
+        if self._reduce_name != "fc1" or self._expand_name != "fc2":
+            extra += f", layers=({self._reduce_name!r}, {self._expand_name!r})"
+        if self._norm_name is not None:
+            extra += f", norm={self._norm_name!r}"
+        return super().extra_repr() + extra + (", inplace=True" if self.inplace else "")
 
     @classmethod
     def from_module(cls, module: nn.Module, *, inplace: bool = False) -> "FusedSEBlock":
         """A FusedSEBlock computing what `module` computes, sharing its parameters.
 
-        The two 1x1 convolutions of `module` become children of the new block
-        under their original names, so the Parameter objects are the same (no
-        copy) and state_dict() is equal to module.state_dict(). The block is in
-        the module's training mode. Raises TypeError for a module that is not
-        a supported SE block, ValueError for one configured in a way the fused
-        op cannot compute (another activation or gate, a norm layer, max
-        pooling, a convolution that is not a plain 1x1 one, hooks that the
-        fused forward would bypass).
+        Sources: se_fused.SEBlock / FusedSEBlock, torchvision.ops.SqueezeExcitation,
+        timm.layers.SEModule (a BatchNorm2d between the layers included),
+        timm's EfficientNet SqueezeExcite, timm.models.senet.SEModule,
+        timm.layers.EffectiveSEModule, timm.models.hgnet.EseModule, and any other
+        module whose forward traces to an SE computation (se_fused._recognize).
+        The layers of `module` (1x1 convolutions or nn.Linear) become children of
+        the new block under their original names (the top-level child holding them,
+        for nested ones), so the Parameter objects are the same (no copy) and
+        state_dict() is equal to module.state_dict(). The block is in the module's
+        training mode. Raises TypeError for a module that is not an SE block,
+        ValueError for one configured in a way the fused op cannot compute (another
+        activation or gate, max pooling, a convolution that is not a plain 1x1 one,
+        hooks that the fused forward would bypass).
         """
         inplace = _check_bool(inplace, "inplace")
         spec = _describe(module)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        reduce_name, reduce = spec["reduce"]
-        expand_name, expand = spec["expand"]
-        self.channels = reduce.in_channels
-        self.rd_channels = reduce.out_channels
+        w1 = ops.as_matrix(spec["reduce"][1].weight)
+        self.channels = w1.shape[1]
+        self.rd_channels = w1.shape[0]
         self.activation = spec["activation"]
         self.gate = spec["gate"]
-        self._reduce_name = reduce_name
-        self._expand_name = expand_name
-        self.inplace = inplace
-        self._output_mutated = None
-        self._inplace_blocker = None
+        self._reduce_name = spec["reduce"][0]
+        self._expand_name = spec["expand"][0] if spec["expand"] else None
+        self._norm_name = spec["norm"][0] if spec["norm"] else None
+        self._init_state(inplace)
         # The same module objects, so the same Parameter objects, under the same names,
         # in the source's registration order (state_dict key order follows it).
-        for name in module._modules:
-            if name == reduce_name:
-                self.add_module(name, reduce)
-            elif name == expand_name:
-                self.add_module(name, expand)
+        used = [p for p in (self._reduce_name, self._expand_name, self._norm_name) if p]
+        for name, child in module._modules.items():
+            if any(p == name or p.startswith(name + ".") for p in used):
+                self.add_module(name, child)
         self.train(module.training)
         return self
+
+
+def _fold_norm(w1, b1, norm):
+    """fc1 followed by an eval-mode BatchNorm as one layer: W1' = W1 * g, b1' = (b1 - mean) * g
+    + beta with g = gamma / sqrt(var + eps), recomputed at every call from the norm's current
+    state, so training the norm later is unaffected."""
+    g = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        g = g * norm.weight
+    shift = -norm.running_mean if b1 is None else b1 - norm.running_mean
+    b = shift * g
+    if norm.bias is not None:
+        b = b + norm.bias
+    return w1 * g[:, None], b
 
 
 def _check_bool(value, what: str) -> bool:
@@ -256,6 +314,11 @@ def _known_layers() -> Dict[str, Tuple[str, ...]]:
         "silu": ("torch.nn.modules.activation:SiLU",
                  "timm.layers.activations:Swish",
                  "timm.layers.activations_me:SwishMe"),
+        "hardswish": ("torch.nn.modules.activation:Hardswish",
+                      "timm.layers.activations:HardSwish",
+                      "timm.layers.activations_me:HardSwishMe"),
+        "gelu": ("torch.nn.modules.activation:GELU",  # approximate="none" only, see _classify
+                 "timm.layers.activations:GELU"),
         "sigmoid": ("torch.nn.modules.activation:Sigmoid",
                     "timm.layers.activations:Sigmoid"),
         "hardsigmoid": ("torch.nn.modules.activation:Hardsigmoid",
@@ -268,11 +331,16 @@ def _known_functions() -> Dict[str, Tuple[Callable, ...]]:
     fns = {
         "relu": [torch.relu, F.relu],
         "silu": [F.silu],
+        "hardswish": [F.hardswish],
+        "gelu": [F.gelu],  # approximate="none" only: callers check the call's arguments
         "sigmoid": [torch.sigmoid, F.sigmoid],
         "hardsigmoid": [F.hardsigmoid],
     }
     for kind, qualname in (("silu", "timm.layers.activations:swish"),
                            ("silu", "timm.layers.activations_me:swish_me"),
+                           ("hardswish", "timm.layers.activations:hard_swish"),
+                           ("hardswish", "timm.layers.activations_me:hard_swish_me"),
+                           ("gelu", "timm.layers.activations:gelu"),
                            ("sigmoid", "timm.layers.activations:sigmoid"),
                            ("hardsigmoid", "timm.layers.activations:hard_sigmoid"),
                            ("hardsigmoid", "timm.layers.activations_me:hard_sigmoid_me")):
@@ -282,38 +350,55 @@ def _known_functions() -> Dict[str, Tuple[Callable, ...]]:
     return {k: tuple(v) for k, v in fns.items()}
 
 
+def _layer_kind(layer: nn.Module) -> Optional[str]:
+    """The math of an activation/gate module ("relu", ..., "hardsigmoid"), or None.
+    A subclass counts if it keeps the known class's forward; nn.GELU only in its exact
+    (erf) form."""
+    for kind, qualnames in _known_layers().items():
+        for qualname in qualnames:
+            klass = _lookup_class(*qualname.split(":"))
+            if klass is not None and isinstance(layer, klass) and \
+                    type(layer).forward is klass.forward:
+                if getattr(layer, "approximate", "none") != "none":
+                    return None
+                return kind
+    return None
+
+
+def _function_kind(fn) -> Optional[str]:
+    for kind, fns in _known_functions().items():
+        if any(fn is f for f in fns):
+            return kind
+    return None
+
+
+def _check_supported(kind: Optional[str], allowed, what: str, owner: str, shown: str) -> str:
+    if kind is None:
+        raise ValueError(f"{owner}: unsupported {what} {shown}; the fused op supports "
+                         f"{sorted(allowed)}")
+    if kind not in allowed:
+        raise ValueError(f"{owner}: {shown} ({kind}) is not supported as the {what}; the fused "
+                         f"op supports {sorted(allowed)}")
+    return kind
+
+
 def _classify(layer, allowed, what: str, owner: str) -> str:
-    """The name ("relu", "silu", "sigmoid", "hardsigmoid") of an activation/gate layer."""
+    """The name ("relu", "silu", ..., "hardsigmoid") of an activation/gate layer."""
     if layer is None:
         raise ValueError(f"{owner}: {what} is None; the fused op needs one of {sorted(allowed)}")
     if isinstance(layer, nn.Module):
         if _has_hooks(layer):
             raise ValueError(f"{owner}: {what} ({type(layer).__name__}) has hooks, "
                              "which the fused forward would bypass")
-        for kind, qualnames in _known_layers().items():
-            for qualname in qualnames:
-                klass = _lookup_class(*qualname.split(":"))
-                # The known class itself, or a subclass that computes the same.
-                if klass is not None and isinstance(layer, klass) and \
-                        type(layer).forward is klass.forward:
-                    if kind not in allowed:
-                        raise ValueError(f"{owner}: {type(layer).__name__} ({kind}) is not "
-                                         f"supported as the {what}; the fused op supports "
-                                         f"{sorted(allowed)}")
-                    return kind
-        raise ValueError(f"{owner}: unsupported {what} {type(layer).__name__}; the fused op "
-                         f"supports {sorted(allowed)}")
+        shown = type(layer).__name__
+        if getattr(layer, "approximate", "none") != "none":
+            shown += f"(approximate={layer.approximate!r})"
+        return _check_supported(_layer_kind(layer), allowed, what, owner, shown)
     if callable(layer):
-        for kind, fns in _known_functions().items():
-            if any(layer is fn for fn in fns):
-                if kind not in allowed:
-                    raise ValueError(f"{owner}: {getattr(layer, '__name__', layer)!r} ({kind}) "
-                                     f"is not supported as the {what}; the fused op supports "
-                                     f"{sorted(allowed)}")
-                return kind
-        raise ValueError(f"{owner}: unsupported {what} function "
-                         f"{getattr(layer, '__qualname__', repr(layer))}; the fused op supports "
-                         f"{sorted(allowed)}")
+        kind = _function_kind(layer)
+        shown = repr(getattr(layer, "__name__", layer)) if kind else \
+            f"function {getattr(layer, '__qualname__', repr(layer))}"
+        return _check_supported(kind, allowed, what, owner, shown)
     raise TypeError(f"{owner}: {what} must be a module or a function, got {type(layer).__name__}")
 
 
@@ -322,9 +407,25 @@ def _has_hooks(module: nn.Module) -> bool:
                 or getattr(module, "_backward_pre_hooks", None))
 
 
-def _check_conv(conv, name: str, owner: str) -> nn.Conv2d:
-    if not isinstance(conv, nn.Conv2d):
-        raise ValueError(f"{owner}: {name} must be an nn.Conv2d, got {type(conv).__name__}")
+def _check_layer(layer, name: str, owner: str, linear_ok: bool) -> nn.Module:
+    """A plain 1x1 nn.Conv2d (stride 1, no padding, one group), or a plain nn.Linear where
+    the source applies it to the squeezed (N, C) matrix (linear_ok)."""
+    if isinstance(layer, nn.Linear) and linear_ok:
+        if type(layer).forward is not nn.Linear.forward:
+            raise ValueError(f"{owner}: {name} ({type(layer).__name__}) overrides Linear's "
+                             "forward; only plain layers can be fused")
+        if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+            raise ValueError(f"{owner}: {name} is an uninitialised lazy layer")
+    elif not isinstance(layer, nn.Conv2d):
+        raise ValueError(f"{owner}: {name} must be an nn.Conv2d, got {type(layer).__name__}")
+    else:
+        _check_conv(layer, name, owner)
+    if _has_hooks(layer):
+        raise ValueError(f"{owner}: {name} has hooks, which the fused forward would bypass")
+    return layer
+
+
+def _check_conv(conv, name: str, owner: str) -> None:
     if type(conv).forward is not nn.Conv2d.forward or \
             type(conv)._conv_forward is not nn.Conv2d._conv_forward:
         raise ValueError(f"{owner}: {name} ({type(conv).__name__}) overrides Conv2d's forward; "
@@ -341,23 +442,41 @@ def _check_conv(conv, name: str, owner: str) -> nn.Conv2d:
     if problems:
         raise ValueError(f"{owner}: {name} must be a 1x1 convolution with stride 1, no padding "
                          f"and groups=1, got {', '.join(problems)}")
-    if _has_hooks(conv):
+
+
+def _check_norm(norm, name: str, owner: str) -> Optional[nn.Module]:
+    """None for nn.Identity, the layer for a plain BatchNorm2d, else ValueError."""
+    if type(norm) is nn.Identity and not _has_hooks(norm):
+        return None
+    if type(norm) is not nn.BatchNorm2d:
+        raise ValueError(f"{owner}: a norm layer between the two layers ({name}="
+                         f"{type(norm).__name__}) is not supported by the fused op; "
+                         "nn.BatchNorm2d is")
+    if _has_hooks(norm):
         raise ValueError(f"{owner}: {name} has hooks, which the fused forward would bypass")
-    return conv
+    return norm
+
+
+# Supported classes: kind -> (module, class name, methods a subclass must not override).
+_SOURCES = (
+    ("se_block", None, "SEBlock", ("forward",)),
+    ("torchvision", "torchvision.ops.misc", "SqueezeExcitation", ("forward", "_scale")),
+    ("timm_se", "timm.layers.squeeze_excite", "SEModule", ("forward",)),
+    ("timm_effnet", "timm.models._efficientnet_blocks", "SqueezeExcite", ("forward",)),
+    ("timm_senet", "timm.models.senet", "SEModule", ("forward",)),
+    ("timm_effective", "timm.layers.squeeze_excite", "EffectiveSEModule", ("forward",)),
+    ("timm_ese", "timm.models.hgnet", "EseModule", ("forward",)),
+)
+SOURCE_NAMES = ("se_fused.SEBlock, torchvision.ops.SqueezeExcitation, timm.layers.SEModule, "
+                "timm.models._efficientnet_blocks.SqueezeExcite, timm.models.senet.SEModule, "
+                "timm.layers.EffectiveSEModule, timm.models.hgnet.EseModule")
 
 
 def _source_kind(module: nn.Module) -> Optional[str]:
-    """Which supported SE class `module` is ("se_block", "torchvision", "timm_se",
-    "timm_effnet"), or None. A subclass counts only if it keeps the forward."""
-    candidates = (
-        ("se_block", SEBlock, ("forward",)),
-        ("torchvision", _lookup_class("torchvision.ops.misc", "SqueezeExcitation"),
-         ("forward", "_scale")),
-        ("timm_se", _lookup_class("timm.layers.squeeze_excite", "SEModule"), ("forward",)),
-        ("timm_effnet", _lookup_class("timm.models._efficientnet_blocks", "SqueezeExcite"),
-         ("forward",)),
-    )
-    for kind, klass, methods in candidates:
+    """Which supported SE class `module` is (a kind of _SOURCES), or None. A subclass
+    counts only if it keeps the forward; otherwise "overridden:<class>"."""
+    for kind, mod, attr, methods in _SOURCES:
+        klass = SEBlock if mod is None else _lookup_class(mod, attr)
         if klass is not None and isinstance(module, klass):
             if all(getattr(type(module), m) is getattr(klass, m) for m in methods):
                 return kind
@@ -365,70 +484,99 @@ def _source_kind(module: nn.Module) -> Optional[str]:
     return None
 
 
+# Per kind: (reduce, expand, norm attribute, activation attribute, gate attribute); None
+# for a part the kind does not have.
+_LAYOUT = {
+    "torchvision": ("fc1", "fc2", None, "activation", "scale_activation"),
+    "timm_se": ("fc1", "fc2", "bn", "act", "gate"),
+    "timm_effnet": ("conv_reduce", "conv_expand", None, "act1", "gate"),
+    "timm_senet": ("fc1", "fc2", None, "relu", "sigmoid"),
+    "timm_effective": ("fc", None, None, None, "gate"),
+    "timm_ese": ("conv", None, None, None, "sigmoid"),
+}
+
+
 def _describe(module: nn.Module) -> dict:
-    """What from_module needs: the two convs (name, module), activation and gate names."""
+    """What from_module needs: the layers as (path, module) pairs (expand and norm may be
+    None), the activation (None for one layer) and gate names."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_module expects an nn.Module, got {type(module).__name__}")
     owner = type(module).__name__
-    if isinstance(module, FusedSEBlock):
-        kind = "fused"
-    else:
-        kind = _source_kind(module)
-    if kind is None:
-        raise TypeError(
-            f"FusedSEBlock.from_module: unsupported module type {type(module).__module__}."
-            f"{type(module).__qualname__}; supported: se_fused.SEBlock, "
-            "torchvision.ops.SqueezeExcitation, timm.layers.SEModule, "
-            "timm.models._efficientnet_blocks.SqueezeExcite")
-    if kind.startswith("overridden:"):
-        raise ValueError(f"{owner}: subclass of {kind.split(':', 1)[1]} with its own forward; "
-                         "cannot tell what it computes")
-    if _has_hooks(module):
+    if any(_has_hooks(m) for m in module.modules()):
         raise ValueError(f"{owner} has forward/backward hooks, which a replacement would drop")
+    kind = "fused" if isinstance(module, FusedSEBlock) else _source_kind(module)
+    if kind is None or kind.startswith("overridden:"):
+        from ._recognize import recognize  # noqa: PLC0415  (it imports this module)
+        spec, reason, near_miss = recognize(module)
+        if spec is not None:
+            return _checked(module, owner, spec, linear_ok=True)
+        if near_miss:
+            raise ValueError(f"{owner}: its forward has the form of an SE block, but {reason}")
+        if kind is None:
+            raise TypeError(f"FusedSEBlock.from_module: unsupported module type "
+                            f"{type(module).__module__}.{type(module).__qualname__}: not one of "
+                            f"{SOURCE_NAMES}, and its forward is not an SE computation "
+                            f"({reason})")
+        raise ValueError(f"{owner}: subclass of {kind.split(':', 1)[1]} with its own forward, "
+                         f"which is not an SE computation ({reason})")
 
-    acts = tuple(ACTIVATIONS)
-    gates = tuple(GATES)
-    if kind in ("fused", "se_block"):
-        if kind == "fused":
-            r, e = module._reduce_name, module._expand_name
-        else:
-            r, e = "fc1", "fc2"
+    acts, gates = tuple(ACTIVATIONS), tuple(GATES)
+    if kind == "fused":
+        r, e, n = module._reduce_name, module._expand_name, module._norm_name
+        if module.activation is not None:
+            lookup(ACTIVATIONS, module.activation, "activation")
+        lookup(GATES, module.gate, "gate")
+        spec = {"reduce": r, "expand": e, "norm": n, "activation": module.activation,
+                "gate": module.gate}
+        return _checked(module, owner, spec, linear_ok=True)
+    if kind == "se_block":
         _check_names(module.activation, module.gate)
-        activation, gate = module.activation, module.gate
-    elif kind == "torchvision":
-        r, e = "fc1", "fc2"
+        spec = {"reduce": "fc1", "expand": "fc2", "norm": None,
+                "activation": module.activation, "gate": module.gate}
+        return _checked(module, owner, spec)
+    r, e, n, act, gate = _LAYOUT[kind]
+    if kind == "torchvision":
         pool = module.avgpool
-        if not (type(pool) is nn.AdaptiveAvgPool2d and
-                pool.output_size in (1, (1, 1), [1, 1])) or _has_hooks(pool):
+        if not (type(pool) is nn.AdaptiveAvgPool2d and pool.output_size in (1, (1, 1), [1, 1])):
             raise ValueError(f"{owner}: avgpool must be nn.AdaptiveAvgPool2d(1), got {pool!r}")
-        activation = _classify(module.activation, acts, "activation", owner)
-        gate = _classify(module.scale_activation, gates, "gate (scale_activation)", owner)
-    elif kind == "timm_se":
-        r, e = "fc1", "fc2"
-        if getattr(module, "add_maxpool", False):
-            raise ValueError(f"{owner}: add_maxpool=True (mean + max squeeze) is not supported "
-                             "by the fused op")
-        bn = getattr(module, "bn", None)
-        if bn is not None and not (type(bn) is nn.Identity and not _has_hooks(bn)):
-            raise ValueError(f"{owner}: a norm layer between fc1 and fc2 "
-                             f"(bn={type(bn).__name__}) is not supported by the fused op")
-        activation = _classify(module.act, acts, "activation (act)", owner)
-        gate = _classify(module.gate, gates, "gate", owner)
-    else:  # timm_effnet
-        r, e = "conv_reduce", "conv_expand"
-        activation = _classify(module.act1, acts, "activation (act1)", owner)
-        gate = _classify(module.gate, gates, "gate", owner)
+    if getattr(module, "add_maxpool", False):
+        raise ValueError(f"{owner}: add_maxpool=True (mean + max squeeze) is not supported "
+                         "by the fused op")
+    if n is not None and _check_norm(getattr(module, n), n, owner) is None:
+        n = None
+    spec = {"reduce": r, "expand": e, "norm": n,
+            "activation": _classify(getattr(module, act), acts, f"activation ({act})", owner)
+            if act else None,
+            "gate": _classify(getattr(module, gate), gates, f"gate ({gate})", owner)}
+    return _checked(module, owner, spec)
 
-    reduce = _check_conv(getattr(module, r), r, owner)
-    expand = _check_conv(getattr(module, e), e, owner)
-    if expand.in_channels != reduce.out_channels or expand.out_channels != reduce.in_channels:
-        raise ValueError(f"{owner}: {r} maps {reduce.in_channels}->{reduce.out_channels} channels "
-                         f"but {e} maps {expand.in_channels}->{expand.out_channels}")
-    extra = [n for n, p in module.named_parameters(recurse=True)
-             if not (n.startswith(r + ".") or n.startswith(e + "."))]
-    extra += [n for n, b in module.named_buffers(recurse=True)
-              if not (n.startswith(r + ".") or n.startswith(e + "."))]
+
+def _checked(module: nn.Module, owner: str, spec: dict, linear_ok: bool = False) -> dict:
+    """spec with its layer paths resolved to (path, module) and checked: plain layers of
+    matching shapes, and no state of `module` outside them."""
+    r, e, n = spec["reduce"], spec["expand"], spec["norm"]
+    reduce = _check_layer(module.get_submodule(r), r, owner, linear_ok)
+    w1 = ops.as_matrix(reduce.weight)
+    if e is not None:
+        expand = _check_layer(module.get_submodule(e), e, owner, linear_ok)
+        w2 = ops.as_matrix(expand.weight)
+        if w2.shape[1] != w1.shape[0] or w2.shape[0] != w1.shape[1]:
+            raise ValueError(f"{owner}: {r} maps {w1.shape[1]}->{w1.shape[0]} channels "
+                             f"but {e} maps {w2.shape[1]}->{w2.shape[0]}")
+    elif w1.shape[0] != w1.shape[1]:
+        raise ValueError(f"{owner}: the one-layer form needs a C->C layer, {r} maps "
+                         f"{w1.shape[1]}->{w1.shape[0]} channels")
+    if n is not None:
+        norm = module.get_submodule(n)
+        if norm.num_features != w1.shape[0]:
+            raise ValueError(f"{owner}: {n} has {norm.num_features} features, {r} gives "
+                             f"{w1.shape[0]}")
+    paths = [p for p in (r, e, n) if p is not None]
+    extra = [k for k, _ in (*module.named_parameters(), *module.named_buffers())
+             if not any(k.startswith(p + ".") for p in paths)]
     if extra:
-        raise ValueError(f"{owner}: has state outside {r}/{e} ({', '.join(extra)}) that the "
-                         "fused block cannot hold")
-    return {"reduce": (r, reduce), "expand": (e, expand), "activation": activation, "gate": gate}
+        raise ValueError(f"{owner}: has state outside {'/'.join(paths)} ({', '.join(extra)}) "
+                         "that the fused block cannot hold")
+    return {"reduce": (r, reduce), "expand": (e, module.get_submodule(e)) if e else None,
+            "norm": (n, module.get_submodule(n)) if n else None,
+            "activation": spec["activation"], "gate": spec["gate"]}

@@ -23,10 +23,13 @@ from se_fused import FusedSEBlock, replace_se_blocks
 
 tv = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
-from timm.layers import SEModule  # noqa: E402
+from timm.layers import EffectiveSEModule, SEModule  # noqa: E402
 from timm.models._efficientnet_blocks import SqueezeExcite  # noqa: E402
+from timm.models.hgnet import EseModule  # noqa: E402
+from timm.models.senet import SEModule as LegacySEModule  # noqa: E402
 
-SE_TYPES = (tv.ops.SqueezeExcitation, SEModule, SqueezeExcite)
+SE_TYPES = (tv.ops.SqueezeExcitation, SEModule, SqueezeExcite, LegacySEModule,
+            EffectiveSEModule, EseModule)
 
 MODELS = {
     "tv_mobilenet_v3_small": lambda: tv.models.mobilenet_v3_small(weights=None),
@@ -36,6 +39,11 @@ MODELS = {
     "timm_efficientnet_b0": lambda: timm.create_model("efficientnet_b0", pretrained=False),
     "timm_mobilenetv3_small_050": lambda: timm.create_model("mobilenetv3_small_050",
                                                             pretrained=False),
+    # a BatchNorm between the SE layers; hardswish; the one-layer form (effective SE)
+    "timm_rexnet_100": lambda: timm.create_model("rexnet_100", pretrained=False),
+    "timm_fbnetv3_b": lambda: timm.create_model("fbnetv3_b", pretrained=False),
+    "timm_ese_vovnet19b_dw": lambda: timm.create_model("ese_vovnet19b_dw", pretrained=False),
+    "timm_legacy_seresnet18": lambda: timm.create_model("legacy_seresnet18", pretrained=False),
 }
 # (activation, gate) pairs each model's SE blocks must come out with
 EXPECTED_KINDS = {
@@ -45,6 +53,10 @@ EXPECTED_KINDS = {
     "timm_seresnet18": {("relu", "sigmoid")},
     "timm_efficientnet_b0": {("silu", "sigmoid")},
     "timm_mobilenetv3_small_050": {("relu", "hardsigmoid")},
+    "timm_rexnet_100": {("relu", "sigmoid")},
+    "timm_fbnetv3_b": {("hardswish", "hardsigmoid")},
+    "timm_ese_vovnet19b_dw": {(None, "hardsigmoid")},
+    "timm_legacy_seresnet18": {("relu", "sigmoid")},
 }
 
 
@@ -65,7 +77,10 @@ def _x():
 def _grads(model, x):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same dropout / stochastic depth masks for both models
-    loss = model(x).square().mean()
+    out = model(x)
+    if isinstance(out, (tuple, list)):  # distillation heads
+        out = out[0]
+    loss = out.square().mean()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -121,8 +136,13 @@ def test_model_swap(name):
         torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4 * scale,
                                    msg=lambda m, k=k: f"grad {k}: {m}")
 
-    # BatchNorm on batch statistics: the swapped model trains (finite loss and gradients)
+    # BatchNorm on batch statistics: the swapped model trains (finite loss and gradients);
+    # an SE block with a norm inside then runs unfused, and says so
     model.train()
-    loss, grads = _grads(model, x)
+    if name == "timm_rexnet_100":
+        with pytest.warns(UserWarning, match="unfused"):
+            loss, grads = _grads(model, x)
+    else:
+        loss, grads = _grads(model, x)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(g).all() for g in grads.values())

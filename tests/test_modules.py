@@ -4,6 +4,8 @@ Tolerances are tests.helpers.TOL, per dtype. bfloat16 results are compared with 
 float64 eager block (the plain block run in bfloat16 rounds every step).
 """
 import copy
+import functools
+import warnings
 
 import pytest
 import torch
@@ -233,6 +235,18 @@ def _timm_acts():
     return activations, activations_me
 
 
+def _timm_senet_se(**kw):
+    pytest.importorskip("timm")
+    from timm.models.senet import SEModule
+    return SEModule(C, **kw)
+
+
+def _timm_ese():
+    pytest.importorskip("timm")
+    from timm.models.hgnet import EseModule
+    return EseModule(C)
+
+
 SOURCES = {
     # name: (builder, expected activation, expected gate, conv names)
     "seblock": (lambda: SEBlock(C, rd_channels=5), "relu", "sigmoid", ("fc1", "fc2")),
@@ -272,6 +286,36 @@ SOURCES = {
         lambda: _timm_se_effnet(rd_channels=4, act_layer=nn.ReLU,
                                 gate_layer=_timm_acts()[1].HardSigmoidMe),
         "relu", "hardsigmoid", ("conv_reduce", "conv_expand")),
+    "timm_senet_semodule": (lambda: _timm_senet_se(reduction=4), "relu", "sigmoid",
+                            ("fc1", "fc2")),
+    "timm_effective_se": (lambda: _timm_layers().EffectiveSEModule(C), None, "hardsigmoid",
+                          ("fc", None)),
+    "timm_effective_se_sigmoid": (
+        lambda: _timm_layers().EffectiveSEModule(C, gate_layer="sigmoid"), None, "sigmoid",
+        ("fc", None)),
+    "timm_hgnet_ese": (_timm_ese, None, "sigmoid", ("conv", None)),
+    "fused_one_layer": (lambda: FusedSEBlock.from_module(_timm_ese()), None, "sigmoid",
+                        ("conv", None)),
+    "tv_hardswish": (lambda: _tv().ops.SqueezeExcitation(C, 4, activation=nn.Hardswish),
+                     "hardswish", "sigmoid", ("fc1", "fc2")),
+    "tv_gelu_hardsigmoid": (
+        lambda: _tv().ops.SqueezeExcitation(C, 4, activation=nn.GELU,
+                                             scale_activation=nn.Hardsigmoid),
+        "gelu", "hardsigmoid", ("fc1", "fc2")),
+    "timm_semodule_gelu": (lambda: _timm_layers().SEModule(C, rd_channels=4, act_layer="gelu"),
+                           "gelu", "sigmoid", ("fc1", "fc2")),
+    "timm_effnet_hardswish": (lambda: _timm_se_effnet(rd_channels=4, act_layer=nn.Hardswish),
+                              "hardswish", "sigmoid", ("conv_reduce", "conv_expand")),
+    "timm_effnet_timm_hardswish": (
+        lambda: _timm_se_effnet(rd_channels=4, act_layer=_timm_acts()[0].HardSwish,
+                                gate_layer="hard_sigmoid"),
+        "hardswish", "hardsigmoid", ("conv_reduce", "conv_expand")),
+    "timm_effnet_timm_hardswishme": (
+        lambda: _timm_se_effnet(rd_channels=4, act_layer=_timm_acts()[1].HardSwishMe),
+        "hardswish", "sigmoid", ("conv_reduce", "conv_expand")),
+    "timm_effnet_timm_gelu": (
+        lambda: _timm_se_effnet(rd_channels=4, act_layer=_timm_acts()[0].GELU),
+        "gelu", "sigmoid", ("conv_reduce", "conv_expand")),
 }
 
 
@@ -286,7 +330,8 @@ def test_from_module_shares_parameters(source):
     assert "activation=" in repr(fused) and "gate=" in repr(fused)
     assert not fused.training
     # the same conv modules, so the same Parameter objects, under the same names
-    assert getattr(fused, r) is getattr(src, r) and getattr(fused, e) is getattr(src, e)
+    assert getattr(fused, r) is getattr(src, r)
+    assert e is None or getattr(fused, e) is getattr(src, e)
     src_params, fused_params = dict(src.named_parameters()), dict(fused.named_parameters())
     assert list(src_params) == list(fused_params)
     for name in src_params:
@@ -303,12 +348,14 @@ def test_from_module_shares_parameters(source):
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_from_module_matches_source(source, dtype):
+def test_from_module_matches_source(source, dtype, channels_last):
+    """Forward, grad of x and grads of every parameter, against the unswapped module."""
     build, *_ = SOURCES[source]
     src = _randomize(build()).to(dtype)
     fused = FusedSEBlock.from_module(src)
-    x = _x(dtype, channels_last=(dtype == torch.float32))
+    x = _x(dtype, channels_last=channels_last)
     expected = _run(src, x)
     got = _run(fused, x)
     _assert_same_run(expected, got, **TOL[dtype])
@@ -362,7 +409,8 @@ class _MySE(SEBlock):
 
 UNSUPPORTED = {
     # name: (builder, exception type, regex the message must match)
-    "tv_gelu": (lambda: _tv_se(activation=nn.GELU), ValueError, "GELU"),
+    "tv_gelu_tanh": (lambda: _tv_se(activation=functools.partial(nn.GELU, approximate="tanh")),
+                     ValueError, "approximate='tanh'"),
     "tv_relu6": (lambda: _tv_se(activation=nn.ReLU6), ValueError, "ReLU6"),
     "tv_tanh_gate": (lambda: _tv_se(scale_activation=nn.Tanh), ValueError, "Tanh"),
     "tv_sigmoid_as_activation": (lambda: _tv_se(activation=nn.Sigmoid), ValueError, "Sigmoid"),
@@ -377,19 +425,19 @@ UNSUPPORTED = {
                                  ValueError, "channels"),
     "tv_linear_not_conv": (lambda: _with(_tv_se(), fc1=nn.Linear(C, 4)), ValueError,
                            "Conv2d"),
-    "timm_semodule_bn": (lambda: _timm_layers().SEModule(C, rd_channels=4,
-                                                         norm_layer=nn.BatchNorm2d),
-                         ValueError, "norm"),
+    "timm_semodule_groupnorm": (lambda: _timm_layers().SEModule(
+        C, rd_channels=4, norm_layer=functools.partial(nn.GroupNorm, 1)), ValueError, "norm"),
     "timm_semodule_add_maxpool": (lambda: _timm_layers().SEModule(C, rd_channels=4,
                                                                   add_maxpool=True),
                                   ValueError, "add_maxpool"),
-    "timm_semodule_gelu": (lambda: _timm_layers().SEModule(C, rd_channels=4, act_layer="gelu"),
-                           ValueError, "GELU"),
+    "timm_semodule_gelu_tanh": (lambda: _timm_layers().SEModule(C, rd_channels=4,
+                                                                act_layer="gelu_tanh"),
+                                ValueError, "GELUTanh"),
+    "timm_effective_add_maxpool": (lambda: _timm_layers().EffectiveSEModule(C, add_maxpool=True),
+                                   ValueError, "add_maxpool"),
     "timm_semodule_tanh_gate": (lambda: _timm_layers().SEModule(C, rd_channels=4,
                                                                 gate_layer="tanh"),
                                 ValueError, "Tanh"),
-    "timm_effnet_hardswish": (lambda: _timm_se_effnet(rd_channels=4, act_layer=nn.Hardswish),
-                              ValueError, "Hardswish"),
     "timm_effnet_mish": (lambda: _timm_se_effnet(rd_channels=4, act_layer="mish"),
                          ValueError, "Mish"),
     "timm_effnet_prelu": (lambda: _timm_se_effnet(rd_channels=4, act_layer="prelu"),
@@ -428,7 +476,8 @@ def test_from_module_of_copy_is_independent():
     torch.testing.assert_close(fused(_x()), src(_x()), **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("source", ["seblock", "timm_effnet_mobilenetv3"])
+@pytest.mark.parametrize("source", ["seblock", "timm_effnet_mobilenetv3", "timm_effective_se",
+                                    "tv_gelu_hardsigmoid"])
 def test_fused_block_compiles_without_graph_break(source):
     build, *_ = SOURCES[source]
     src = _randomize(build())
@@ -448,3 +497,99 @@ def test_from_module_with_parametrized_conv():
     assert list(fused.state_dict()) == list(src.state_dict())
     assert "fc1.parametrizations.weight.original0" in fused.state_dict()
     _assert_same_run(_run(src, _x()), _run(fused, _x()), **TOL[torch.float64])
+
+
+# --- from_module: a norm layer between the layers (timm SEModule with bn, as in ReXNet)
+
+
+def _se_with_bn(seed=1):
+    """timm SEModule with a BatchNorm2d, random parameters and running statistics."""
+    src = _randomize(_timm_layers().SEModule(C, rd_channels=5, norm_layer=nn.BatchNorm2d),
+                     seed).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        src.bn.running_mean.copy_(torch.randn(5, generator=g, dtype=torch.float64))
+        src.bn.running_var.copy_(torch.rand(5, generator=g, dtype=torch.float64) + 0.5)
+    return src
+
+
+def _count_op_calls(monkeypatch):
+    calls = []
+    real = se_fused.ops._squeeze_excite
+
+    def spy(*args):
+        calls.append(args[6])
+        return real(*args)
+
+    monkeypatch.setattr(se_fused.ops, "_squeeze_excite", spy)
+    return calls
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_norm_folded_into_fc1_in_eval_mode(dtype, channels_last, monkeypatch):
+    src = _se_with_bn().to(dtype).eval()
+    fused = FusedSEBlock.from_module(src)
+    assert fused.bn is src.bn and fused.fc1 is src.fc1
+    assert list(fused.state_dict()) == list(src.state_dict())
+    x = _x(dtype, channels_last)
+    expected = _run(src, x)
+    calls = _count_op_calls(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _run(fused, x)
+    assert calls == ["relu"]  # one fused call
+    _assert_same_run(expected, got, **TOL[dtype])  # bn.weight and bn.bias grads included
+
+
+def test_norm_fold_reads_the_norm_at_each_call():
+    src = _se_with_bn().eval()
+    fused = FusedSEBlock.from_module(src)
+    fused(_x())
+    with torch.no_grad():
+        src.bn.running_mean.add_(0.5)
+        src.bn.running_var.mul_(2.0)
+        src.bn.weight.mul_(-1.5)
+        src.bn.bias.add_(1.0)
+    torch.testing.assert_close(fused(_x()), src(_x()), **TOL[torch.float64])
+
+
+def test_norm_in_train_mode_runs_unfused_and_trains_the_norm(monkeypatch):
+    src = _se_with_bn().train()
+    reference = copy.deepcopy(src)
+    fused = FusedSEBlock.from_module(src)
+    assert fused.training
+    calls = _count_op_calls(monkeypatch)
+    with pytest.warns(UserWarning, match="unfused.*batch statistics"):
+        got = _run(fused, _x())
+    assert calls == []
+    _assert_same_run(_run(reference, _x()), got, **TOL[torch.float64])
+    # the norm's running statistics are updated as the source's would be
+    torch.testing.assert_close(src.bn.running_mean, reference.bn.running_mean)
+    torch.testing.assert_close(src.bn.running_var, reference.bn.running_var)
+    assert src.bn.num_batches_tracked.item() == reference.bn.num_batches_tracked.item() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        fused(_x(seed=3))
+        reference(_x(seed=3))
+    # back in eval mode, fused again, with the statistics training left
+    fused.eval()
+    reference.eval()
+    torch.testing.assert_close(fused(_x()), reference(_x()), **TOL[torch.float64])
+    assert calls == ["relu"]
+
+
+def test_norm_without_running_stats_runs_unfused():
+    src = _timm_layers().SEModule(C, rd_channels=4, norm_layer=functools.partial(
+        nn.BatchNorm2d, track_running_stats=False)).double().eval()
+    fused = FusedSEBlock.from_module(_randomize(src))
+    with pytest.warns(UserWarning, match="unfused"):
+        torch.testing.assert_close(fused(_x()), src(_x()), **TOL[torch.float64])
+
+
+def test_norm_folded_block_compiles_without_graph_break():
+    src = _se_with_bn().float().eval()
+    fused = FusedSEBlock.from_module(src)
+    fused.compile(backend="aot_eager", fullgraph=True)
+    x = _x(torch.float32)
+    _assert_same_run(_run(fused, x), _run(src, x), **TOL[torch.float32])

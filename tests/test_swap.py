@@ -3,7 +3,9 @@
 Outputs and gradients are compared in float64, with tests.helpers.TOL.
 """
 import copy
+import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import se_fused
 from se_fused import FusedSEBlock, SEBlock, replace_se_blocks
@@ -22,6 +25,7 @@ from timm.layers import SEModule  # noqa: E402
 from timm.models._efficientnet_blocks import SqueezeExcite  # noqa: E402
 
 from .helpers import TOL as HELPER_TOL  # noqa: E402
+from .helpers import assert_close_scaled  # noqa: E402
 
 TOL = HELPER_TOL[torch.float64]
 C = 16
@@ -181,9 +185,10 @@ def test_optimizer_built_before_swap_still_trains_the_model():
 
 @pytest.mark.parametrize("make,reason", [
     (lambda: SEModule(C, rd_channels=4, add_maxpool=True), "add_maxpool"),
-    (lambda: SEModule(C, rd_channels=4, norm_layer=nn.BatchNorm2d), "norm"),
-    (lambda: tv.ops.SqueezeExcitation(C, 4, activation=nn.GELU), "GELU"),
-    (lambda: SqueezeExcite(C, rd_channels=4, act_layer=nn.Hardswish), "Hardswish"),
+    (lambda: SEModule(C, rd_channels=4, norm_layer=functools.partial(nn.GroupNorm, 1)),
+     "norm"),
+    (lambda: tv.ops.SqueezeExcitation(C, 4, activation=nn.ReLU6), "ReLU6"),
+    (lambda: SqueezeExcite(C, rd_channels=4, act_layer=nn.Mish), "Mish"),
 ])
 def test_unsupported_left_alone_with_warning(make, reason):
     unsupported = make().double()
@@ -205,12 +210,17 @@ def test_warning_names_module_type():
 
 
 def test_non_se_modules_give_no_warning():
+    """Channel attentions that are not SE computations are left silently, and not
+    reported as SE-like."""
     model = nn.Sequential(nn.Conv2d(3, C, 1), nn.ReLU(), nn.BatchNorm2d(C),
-                          timm.layers.EffectiveSEModule(C))
+                          timm.layers.GlobalContext(C), timm.layers.EcaModule(C),
+                          timm.layers.CecaModule(C), timm.layers.SelectiveKernel(C, C),
+                          timm.layers.SplitAttn(C, C))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        replace_se_blocks(model)
+        _, report = replace_se_blocks(model, report=True)
     assert _fused_names(model) == []
+    assert report.fused == [] and report.left == []
 
 
 def test_idempotent():
@@ -297,3 +307,305 @@ def test_imports_without_torchvision_and_timm():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+# --- users' own SE modules, recognised by what their forward computes
+
+
+class SELayerLinear(nn.Module):
+    """The most copied one: pooling module, nn.Linear in a Sequential, .view, expand_as."""
+
+    def __init__(self, channel, reduction=4):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(channel, channel // reduction, bias=False),
+                                nn.ReLU(inplace=True),
+                                nn.Linear(channel // reduction, channel, bias=False),
+                                nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SEFunctionalConv(nn.Module):
+    """Functional pooling and activations, 1x1 convs."""
+
+    def __init__(self, c, rd=4):
+        super().__init__()
+        self.reduce = nn.Conv2d(c, rd, 1)
+        self.expand = nn.Conv2d(rd, c, 1)
+
+    def forward(self, x):
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = F.relu(self.reduce(s), inplace=True)
+        return x * torch.sigmoid(self.expand(s))
+
+
+class SqueezeExciteKeepdim(nn.Module):
+    """x.mean((2, 3), keepdim=True), activation and gate modules, gate times x."""
+
+    def __init__(self, c, rd=6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, rd, kernel_size=1)
+        self.act = nn.SiLU()
+        self.conv2 = nn.Conv2d(rd, c, kernel_size=1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return self.gate(self.conv2(self.act(self.conv1(s)))) * x
+
+
+class ChannelGate(nn.Module):
+    """No SE in the name: x.mean(dim=...) to a matrix, Linear layers, hardswish, indexing."""
+
+    def __init__(self, c, rd=5):
+        super().__init__()
+        self.squeeze = nn.Linear(c, rd)
+        self.excite = nn.Linear(rd, c)
+
+    def forward(self, x):
+        s = x.mean(dim=(-2, -1))
+        s = self.excite(F.hardswish(self.squeeze(s)))
+        return x * F.hardsigmoid(s)[:, :, None, None]
+
+
+class SEBlockGelu(nn.Module):
+    """torch.mean, nn.GELU, Tensor.sigmoid, torch.mul, a reshape sized from the gate's
+    own shape."""
+
+    def __init__(self, c, rd=4):
+        super().__init__()
+        self.fc1 = nn.Linear(c, rd)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(rd, c)
+
+    def forward(self, x):
+        s = torch.mean(x, (2, 3))
+        s = self.fc2(self.act(self.fc1(s))).sigmoid()
+        return torch.mul(x, s.reshape(s.shape[0], s.size(1), 1, 1))
+
+
+class EffectiveSE(nn.Module):
+    """The one-layer form: a C->C 1x1 conv and a hard sigmoid."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x * F.hardsigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+USER_SE = {
+    # name: (builder, activation, gate, the layers' names in the state_dict)
+    "linear_view_expand_as": (lambda: SELayerLinear(C), "relu", "sigmoid",
+                              ["fc.0.weight", "fc.2.weight"]),
+    "functional_adaptive_pool": (lambda: SEFunctionalConv(C), "relu", "sigmoid",
+                                 ["reduce.weight", "reduce.bias", "expand.weight",
+                                  "expand.bias"]),
+    "mean_keepdim_modules": (lambda: SqueezeExciteKeepdim(C), "silu", "hardsigmoid",
+                             ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]),
+    "mean_matrix_index": (lambda: ChannelGate(C), "hardswish", "hardsigmoid",
+                          ["squeeze.weight", "squeeze.bias", "excite.weight", "excite.bias"]),
+    "torch_mean_gelu_reshape": (lambda: SEBlockGelu(C), "gelu", "sigmoid",
+                                ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]),
+    "one_layer": (lambda: EffectiveSE(C), None, "hardsigmoid", ["fc.weight", "fc.bias"]),
+}
+
+
+def _user_net(make, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, C, 3, padding=1), Block(make()), make(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(C, 5))
+    with torch.no_grad():  # biases and weights away from the default init's gate ~ 0.5
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return model.double()
+
+
+@pytest.mark.parametrize("name", list(USER_SE))
+def test_user_se_module_swapped(name):
+    make, activation, gate, keys = USER_SE[name]
+    model = _user_net(make)
+    reference = copy.deepcopy(model)
+    params_before = dict(model.named_parameters())
+    sd_before = list(model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, report = replace_se_blocks(model, report=True)
+    assert sorted(_fused_names(model)) == ["1.se", "2"]
+    assert [n for n, _ in report.fused] == ["1.se", "2"] and report.left == []
+    for m in (model[1].se, model[2]):
+        assert (m.activation, m.gate) == (activation, gate)
+        assert list(m.state_dict()) == keys
+    assert list(model.state_dict()) == sd_before
+    for k, p in model.named_parameters():
+        assert p is params_before[k], k
+    out_ref, g_ref = _grads(reference, _x())
+    out, g = _grads(model, _x())
+    torch.testing.assert_close(out, out_ref, **TOL)
+    assert g.keys() == g_ref.keys()
+    for k in g:  # the stem's gradients are sums over the whole input: scaled tolerance
+        assert_close_scaled(g[k], g_ref[k], torch.float64, what=k)
+
+
+@pytest.mark.parametrize("name", list(USER_SE))
+def test_user_se_module_from_module_float32_channels_last(name):
+    make, *_ = USER_SE[name]
+    torch.manual_seed(0)
+    src = make()
+    fused = FusedSEBlock.from_module(src)
+    x = torch.randn(2, C, 5, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y_ref = src(x)
+    y = fused(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    tol = HELPER_TOL[torch.float32]
+    torch.testing.assert_close(y, y_ref, **tol)
+    gy = torch.randn_like(y)
+    params = list(src.parameters())
+    torch.testing.assert_close(torch.autograd.grad(y, [x] + params, gy),
+                               torch.autograd.grad(y_ref, [x] + params, gy), **tol)
+
+
+class SEMaxPool(nn.Module):
+    """Max, not mean: a CBAM-like gate."""
+
+    def __init__(self, c, rd=4):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, rd, 1), nn.Conv2d(rd, c, 1)
+
+    def forward(self, x):
+        s = F.adaptive_max_pool2d(x, 1)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class SEPlusIdentity(SqueezeExciteKeepdim):
+    """An extra operation after the product."""
+
+    def forward(self, x):
+        return super().forward(x) + x
+
+
+class SETwoInputs(SEFunctionalConv):
+    """Gates one tensor with the statistics of another."""
+
+    def forward(self, x, guide):
+        s = F.relu(self.reduce(guide.mean((2, 3), keepdim=True)))
+        return x * torch.sigmoid(self.expand(s))
+
+
+class SETanh(SEFunctionalConv):
+    """The SE form with an activation the fused op does not have."""
+
+    def forward(self, x):
+        s = torch.tanh(self.reduce(x.mean((2, 3), keepdim=True)))
+        return x * torch.sigmoid(self.expand(s))
+
+
+class ChannelGateOnRows(ChannelGate):
+    """The gate broadcast over the rows (H) instead of the channels: runs only when H == C,
+    and is then not an SE computation."""
+
+    def forward(self, x):
+        s = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean((2, 3))))))
+        return x * s.view(x.shape[0], 1, x.shape[1], 1)
+
+
+class GateNoName(SETwoInputs):
+    pass
+
+
+@pytest.mark.parametrize("make,warns", [
+    (lambda: SEMaxPool(C), "not an SE computation"),
+    (lambda: SEPlusIdentity(C), "not an SE computation"),
+    (lambda: SETanh(C), "activation tanh"),
+])
+def test_se_looking_modules_left_alone(make, warns):
+    """Left unswapped; reported (and warned) when named like an SE block or when only
+    the activation is unsupported; silently otherwise."""
+    module = make().double()
+    model = nn.Sequential(nn.Conv2d(3, C, 1), module).double()
+    reference = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = replace_se_blocks(model, report=True)
+    assert model[1] is module and _fused_names(model) == [] and report.fused == []
+    messages = [str(w.message) for w in caught]
+    if warns is None:
+        assert messages == [] and report.left == []
+    else:
+        assert len(messages) == 1 and re.search(r"'1'.*" + warns, messages[0]), messages
+        assert [(n, c.rsplit(".", 1)[1]) for n, c, _ in report.left] == \
+            [("1", type(module).__name__)]
+    torch.testing.assert_close(model(_x()), reference(_x()), **TOL)
+
+
+def test_two_input_module_left_alone():
+    for module in (SETwoInputs(C), GateNoName(C)):
+        model = nn.ModuleList([module])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, report = replace_se_blocks(model, report=True)
+        assert model[0] is module and report.fused == []
+        named = isinstance(module, SETwoInputs) and type(module) is SETwoInputs
+        assert len(caught) == (1 if named else 0)
+        assert ("2 inputs" in report.left[0][2]) if named else report.left == []
+
+
+def test_user_se_module_with_hooks_left_with_warning():
+    module = SEFunctionalConv(C)
+    module.reduce.register_forward_hook(lambda m, i, o: o * 2)
+    model = nn.Sequential(module)
+    with pytest.warns(UserWarning, match="'0'.*hooks"):
+        _, report = replace_se_blocks(model, report=True)
+    assert model[0] is module and report.fused == [] and len(report.left) == 1
+
+
+def test_report_lists_fused_and_left():
+    model = _net(extra=nn.Sequential(SEModule(C, rd_channels=4, add_maxpool=True).double()))
+    with pytest.warns(UserWarning, match="add_maxpool"):
+        out, report = replace_se_blocks(model, report=True)
+    assert out is model
+    assert sorted(n for n, _ in report.fused) == sorted(
+        ["se", "seq.0.se", "seq.1.se", "seq.2", "blocks.0.se", "blocks.1.se", "heads.mnv3"])
+    assert dict(report.fused)["seq.2"] == "torchvision.ops.misc.SqueezeExcitation"
+    assert [(n, c) for n, c, _ in report.left] == [
+        ("extra.0", "timm.layers.squeeze_excite.SEModule")]
+    assert "add_maxpool" in report.left[0][2]
+    text = str(report)
+    assert text.startswith("fused 7 SE module(s), left 1 SE-like one(s)")
+    assert "extra.0" in text and "seq.2" in text
+
+
+def test_report_argument_checked():
+    with pytest.raises(TypeError, match="report"):
+        replace_se_blocks(nn.Sequential(), report=1)
+
+
+def test_gate_on_the_wrong_axis_not_recognised():
+    """The trace has the SE form; the numerical check against the module tells it apart."""
+    module = ChannelGateOnRows(C).double()
+    with pytest.raises(TypeError, match="differs|fails on a test input"):
+        FusedSEBlock.from_module(module)
+    model = nn.Sequential(module)
+    x = torch.randn(2, C, C, 3, dtype=torch.float64)
+    expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replace_se_blocks(model)
+    assert model[0] is module
+    torch.testing.assert_close(model(x), expected, **TOL)
+
+
+def test_user_se_module_compiles_without_graph_break():
+    """Linear layers under nested names (fc.0, fc.2) through torch.compile(fullgraph=True)."""
+    torch.manual_seed(0)
+    src = SELayerLinear(C)
+    fused = FusedSEBlock.from_module(src)
+    fused.compile(backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, C, 5, 4)
+    torch.testing.assert_close(fused(x), src(x), **HELPER_TOL[torch.float32])
