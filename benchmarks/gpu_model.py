@@ -1,0 +1,657 @@
+#!/usr/bin/env python
+"""A performance model of the CUDA kernels on H100 SXM and H200 (no GPU needed).
+
+    python benchmarks/gpu_model.py            # the table, the v2 verdict and the target checks
+    python benchmarks/gpu_model.py --json     # one JSON row per (case, gpu, pass)
+    python benchmarks/gpu_model.py --filter 's4 256x'   # only cases whose label matches
+
+For every GPU case of bench_se.py (its --full plan: batch 1 and the training batch, fp32
+NCHW and bf16/fp16 channels_last, the residual epilogue) and the forward and backward,
+it predicts the time of
+
+* fused: the v3 design (two launches per pass and a counter memset; no block waits on
+  another; dependencies through the kernel boundary or a last-arrival handoff),
+* compile: the kernels torch.compile (Inductor) makes of se_fused.reference,
+* eager: the reference in eager mode (forward only),
+* v2: the old persistent ticket/wave schedule, coarsely (waves x excitation chain),
+* floor: 2|x| forward, 3|x| backward (one more |x| with a residual) at the copy rate,
+
+from the bytes each kernel moves through HBM and L2, the FMAs, launches and the exposed
+dependency chains, and the host's cost of issuing the calls (CUDA events time the
+stream, so a call that the host issues more slowly than the GPU runs it is host-bound).
+
+It is a model: every constant below is named, with where it comes from, and those
+marked `calibrate` are estimates that the first GPU run measures (scripts/gpu_check.sh
+--triage prints the model's predictions next to measured times). Nothing here is a
+measurement.
+"""
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_se  # noqa: E402  (its GPU plan is the case list: one list, not a copy)
+
+US = 1e-6
+MB = 1e6
+MiB = 1 << 20
+TRAIN_BATCH = 256  # bench_se.default_train_batch on a GPU with >= 40 GiB (H100, H200)
+PASSES = ("forward", "backward")
+
+
+# --- constants
+
+
+@dataclasses.dataclass(frozen=True)
+class Const:
+    value: float
+    unit: str
+    source: str
+    calibrate: bool  # an estimate the first GPU run must measure
+
+
+@dataclasses.dataclass(frozen=True)
+class GPU:
+    name: str
+    sms: Const
+    hbm: Const  # peak bytes/s
+    l2: Const  # bytes
+    clock: Const  # Hz under load
+    copy_fraction: Const  # device-to-device copy rate / peak
+    l2_bw: Const  # bytes/s read through L2 into the SMs
+
+    @property
+    def copy_bw(self) -> float:
+        return self.hbm.value * self.copy_fraction.value
+
+    @property
+    def fma_rate(self) -> float:
+        """fp32 FMAs per second over the whole chip."""
+        return self.sms.value * C["fma_per_clk_sm"].value * self.clock.value
+
+
+C: Dict[str, Const] = {
+    "fma_per_clk_sm": Const(128, "FMA/clk/SM", "Hopper whitepaper: 128 FP32 lanes per SM", False),
+    "fp32_flops": Const(67e12, "FLOP/s", "H100 SXM / H200 datasheets: 67 TFLOP/s FP32 (no TF32: "
+                        "torch's default for matmul)", False),
+    "stream_eff": Const(0.95, "x copy rate", "estimate: a 128-bit streaming kernel (ours or "
+                        "Inductor's) relative to x.clone(); the triage's clone column measures it",
+                        True),
+    "fma_eff": Const(0.5, "x FMA peak", "estimate: FFMA issue beside loads, dot products of "
+                     "R terms", True),
+    "l2_keep": Const(0.75, "x L2 size", "estimate: the part of L2 that still holds x when the "
+                     "second kernel re-reads it (evict_last x; the rest: y write-back, workspace, "
+                     "weights, the two L2 partitions)", True),
+    "t_l2": Const(0.30, "us", "review section 2, base: one L2 round trip with its loads in "
+                  "flight (optimistic 0.2, pessimistic 0.4)", True),
+    "t_handoff": Const(0.8, "us", "review section 2, base: release fence + atomic + acquire of a "
+                       "last-arrival handoff (0.5-1.2)", True),
+    "block_inflight": Const(32 * 1024, "bytes", "design: 256 threads x 8 loads of 16 B in flight "
+                            "per block in a latency-bound phase", False),
+    "t_hbm": Const(0.8, "us", "review section 2, base: HBM load latency (0.6-1.0)", True),
+    "blocks_per_sm": Const(4, "blocks", "design: 256-thread blocks at <= 64 registers, 4 "
+                           "resident per SM (65536 registers)", False),
+    "t_ramp": Const(1.5, "us", "estimate: a full-grid kernel's start (first loads from HBM, "
+                    "~0.8 us latency) and its last wave's drain", True),
+    "t_gap": Const(1.0, "us", "estimate: device-side gap between two dependent kernels in one "
+                   "stream (no programmatic dependent launch)", True),
+    "t_memset": Const(1.0, "us", "estimate: device time of cudaMemsetAsync on a few KB", True),
+    "t_small_kernel": Const(2.0, "us", "estimate: a tiny Triton/ATen kernel (N x C or N x R "
+                            "elements), start to end", True),
+    "t_gemm_min": Const(4.0, "us", "review section 2: cuBLAS 'about 5-8 us each for these sizes', "
+                        "launch included; 4 us of device time assumed", True),
+    "gemm_eff": Const(0.5, "x FP32 peak", "estimate: cuBLAS fp32 SIMT GEMM at M=256, K,N <= 2048",
+                      True),
+    "host_launch": Const(2.0, "us", "estimate: host cost of one cudaLaunchKernel or "
+                         "cudaMemsetAsync from C++ (NVIDIA, 'Getting Started with CUDA Graphs': "
+                         "launch overheads of a few us)", True),
+    "host_fused_call": Const(6.0, "us", "estimate: squeeze_excite's Python checks, the "
+                             "dispatcher, the op's checks and output allocations (launches "
+                             "counted apart)", True),
+    "host_eager_op": Const(6.0, "us", "estimate: one ATen op from Python that allocates and "
+                           "launches (PyTorch operator micro-benchmarks: 2-3.5 us for view ops)",
+                           True),
+    "host_cheap_call": Const(1.0, "us", "estimate: a Python-level call that launches nothing "
+                             "(no-op .to, a view, autocast enter/exit)", True),
+    "host_compiled_call": Const(10.0, "us", "estimate: torch.compile's guards and generated "
+                                "wrapper around the kernels (launches counted apart)", True),
+    "host_triton_launch": Const(3.0, "us", "estimate: Inductor's launcher per Triton kernel", True),
+    "host_autograd": Const(10.0, "us", "estimate: autograd.grad's engine, graph walk and grad "
+                           "accumulation, for any backend's backward", True),
+    "host_bwd_wrapper": Const(6.0, "us", "estimate: se_fused's Python backward (autograd "
+                              "registration, per-input grads) around se_backward", True),
+    "v2_chunk": Const(2.75, "us", "review F2: 2.5-3 us per 32-channel K-chunk of the v2 "
+                      "excitation tiles", False),
+    "v2_cl_z": Const(3.9, "us", "review F3: 13 dependent L2 round trips per z of a channels_last "
+                     "chunk when H*W is split in many partials", False),
+}
+
+# Vendor specs; the H200's L2 as torch reported it on the lent H200 (KINDS.md).
+GPUS = {
+    "H100": GPU(
+        "H100",
+        Const(132, "SMs", "H100 SXM5 datasheet / Hopper whitepaper", False),
+        Const(3.35e12, "B/s", "H100 SXM5 datasheet: 3.35 TB/s HBM3", False),
+        Const(50 * MiB, "B", "Hopper whitepaper: 50 MB L2 (torch reports 50 MiB)", False),
+        Const(1.98e9, "Hz", "H100 SXM5 boost clock 1980 MHz (also read on the H200, KINDS.md)",
+              False),
+        Const(0.90, "x peak", "assumed equal to the H200's measured fraction (4.3/4.8); the "
+              "review used 3.0 TB/s", True),
+        Const(6.2e12, "B/s", "Chips and Cheese, 'Nvidia's H100: Funny L2' (2023): ~5.5 TB/s on "
+              "the H100 PCIe at 1755 MHz, scaled to 1980 MHz; estimate", True),
+    ),
+    "H200": GPU(
+        "H200",
+        Const(132, "SMs", "H200 SXM datasheet; KINDS.md: torch reports 132", False),
+        Const(4.8e12, "B/s", "H200 SXM datasheet: 4.8 TB/s HBM3e", False),
+        Const(60 * MiB, "B", "KINDS.md: torch reported 60 MB of L2 on the lent H200", False),
+        Const(1.98e9, "Hz", "KINDS.md: SM clock 1980 MHz read under load", False),
+        Const(0.896, "x peak", "KINDS.md: device-to-device copy 4.3 TB/s (read + write) measured "
+              "on the lent H200", False),
+        Const(6.2e12, "B/s", "as the H100 (same chip and clock); estimate", True),
+    ),
+}
+
+
+def const(name: str) -> float:
+    return C[name].value
+
+
+# --- building blocks
+
+
+def stream_us(g: GPU, hbm: float, l2_reads: float, fma: float = 0.0) -> float:
+    """A bandwidth-bound phase: the slowest of HBM (reads and writes), reads through L2
+    (hits and misses alike reach the SMs through it) and FMA issue."""
+    return max(hbm / (g.copy_bw * const("stream_eff")), l2_reads / g.l2_bw.value,
+               fma / (g.fma_rate * const("fma_eff"))) / US
+
+
+def grid_factor(g: GPU, blocks: int) -> float:
+    """>= 1: the stream time's stretch when the grid is small (too few loads in flight to
+    cover HBM latency at full bandwidth) or ends in a partial wave of equal blocks."""
+    slots = int(g.sms.value * const("blocks_per_sm"))
+    if blocks >= slots:
+        return math.ceil(blocks / slots) * slots / blocks
+    needed = g.copy_bw * const("t_hbm") * US  # bytes in flight for full bandwidth
+    return max(1.0, needed / (blocks * const("block_inflight")))
+
+
+def l2_phase_us(nbytes: float) -> float:
+    """One block reading nbytes from L2, latency-bound: a round trip per in-flight batch."""
+    return const("t_l2") * max(1, math.ceil(nbytes / const("block_inflight")))
+
+
+def block_fma_us(g: GPU, fmas: float) -> float:
+    """One block's FMAs on one SM."""
+    return fmas / (const("fma_per_clk_sm") * const("fma_eff") * g.clock.value) / US
+
+
+def l2_hits(reread: float, working_set: float, keep: float, reverse: bool) -> float:
+    """Bytes of a re-read found in L2. All of it when the first kernel's working set fits;
+    otherwise the tail the first kernel left, found first only when walked in reverse."""
+    if working_set <= keep:
+        return reread
+    return reread * keep / working_set if reverse else 0.0
+
+
+def gemm_us(g: GPU, m: int, n: int, k: int) -> float:
+    flops = 2.0 * m * n * k
+    return max(const("t_gemm_min"), flops / (const("fp32_flops") * const("gemm_eff")) / US)
+
+
+@dataclasses.dataclass
+class Prediction:
+    device_us: float
+    host_us: float
+    hbm_bytes: float
+    launches: int
+    parts: Dict[str, float]
+
+    @property
+    def us(self) -> float:
+        """What CUDA events around the call measure: the stream waits for the host."""
+        return max(self.device_us, self.host_us)
+
+
+# --- the v3 design
+
+# Tiles (sample tile NT x channel tile CT x hw part) are the design's free parameters: for
+# each kernel the model takes the tile that its own cost function predicts fastest, from
+# these candidates. The cuda-v3 grid rule should pick the same tiles, or these times do
+# not hold: the rows carry the tiles ("k1_tile", "k2_tile") so the two can be compared.
+NT_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+CT_CHOICES = (8, 16, 32, 64, 128, 256)
+MIN_PART_BYTES = 4096  # no hw part smaller than this (one 16-byte load per thread)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    NT: int
+    CT: int
+    parts: int
+    blocks: int
+    ct_count: int
+
+
+def tile_candidates(N: int, Cc: int, HW: int, esize: int):
+    for NT in NT_CHOICES:
+        if NT > N and NT != 1:
+            continue
+        for CT in CT_CHOICES:
+            if CT > Cc and CT != CT_CHOICES[0]:
+                continue
+            CTe = min(CT, Cc)
+            slab = NT * CTe * HW * esize
+            p = 1
+            while True:
+                ct_count = math.ceil(Cc / CTe)
+                yield Tile(NT, CTe, p, math.ceil(N / NT) * ct_count * p, ct_count)
+                p *= 2
+                if p > HW or slab / p < MIN_PART_BYTES:
+                    break
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What the kernels' cost depends on (bf16 and fp16 cases share it)."""
+    N: int
+    C: int
+    R: int
+    HW: int
+    esize: int
+    residual: bool
+    pass_: str
+
+    @property
+    def X(self) -> float:
+        return float(self.N * self.C * self.HW * self.esize)
+
+
+def k1_cost(s: Shape, g: GPU, t: Tile) -> Tuple[float, float, Dict[str, float]]:
+    """K1 (squeeze, or the backward's reduce): (us, HBM bytes, parts). Streams x (g and v,
+    and the mask y with a residual), writes per-(n, c, part) partials; the last arrival per
+    (sample tile, channel tile) sums them and does its fc1 (dh) partial, reading its
+    W1 (W2) slice once per sample tile; the last per sample tile sums the channel tiles'
+    partials: that chain is exposed after the stream."""
+    X, N, Cc, R = s.X, s.N, s.C, s.R
+    reads = X if s.pass_ == "forward" else X * (2 + s.residual)
+    ws = 4.0 * N * Cc * t.parts
+    w_slices = math.ceil(N / t.NT) * Cc * R * 4.0 + (0 if s.pass_ == "forward" else 4.0 * N * Cc)
+    fma = float(N) * Cc * R
+    stream = stream_us(g, reads + 2 * ws, reads + ws + w_slices, fma) * grid_factor(g, t.blocks)
+    own = t.parts * t.NT * t.CT + R * t.CT + (0 if s.pass_ == "forward" else t.NT * t.CT)
+    chain = (2 * const("t_handoff") + l2_phase_us(4.0 * own) + block_fma_us(g, t.NT * t.CT * R)
+             + l2_phase_us(4.0 * t.ct_count * t.NT * R) + block_fma_us(g, t.ct_count * t.NT * R))
+    return (const("t_ramp") + stream + chain, reads + 2 * ws,
+            {"K1 stream": stream, "K1 chain": chain})
+
+
+def k2_cost(s: Shape, g: GPU, t: Tile, keep: float) -> Tuple[float, float, Dict[str, float]]:
+    """K2 (scale, or the backward's map): (us, HBM bytes, parts). Each block computes the
+    gate input (fc2 row, or dz) of its own (n, c) pairs, R FMAs each, from the sample tile's
+    h (da1) and the channel tile's W2 rows (W1 columns) read from L2; then streams. The
+    re-read of x (g, and the mask) hits L2 per l2_hits, walked in reverse. The backward's
+    weight-gradient blocks (64 x 64 tiles over the batch) run beside the map blocks."""
+    X, N, Cc, R = s.X, s.N, s.C, s.R
+    res = X if s.residual else 0.0
+    if s.pass_ == "forward":
+        first, reread, writes, other = X, X, X, res
+        wg_fma = wg_l2 = wg_block = 0.0
+    else:
+        first, reread, writes, other = X * (2 + s.residual), X * (1 + s.residual), \
+            X * (1 + s.residual), 0.0
+        wg_fma = 2.0 * N * Cc * R
+        wg_l2 = 2 * math.ceil(Cc / 64) * math.ceil(R / 64) * N * 128 * 4.0
+        wg_block = math.ceil(N / 32) * (l2_phase_us(2 * 32 * 64 * 4.0)
+                                        + block_fma_us(g, min(N, 32) * 64 * min(R, 64)))
+    hits = l2_hits(reread, first, keep, reverse=True)
+    s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
+    s_fma = float(t.blocks) * t.NT * t.CT * R
+    s_latency = l2_phase_us(4.0 * (t.NT + t.CT) * R) + block_fma_us(g, t.NT * t.CT * R)
+    hbm = (reread - hits) + other + writes
+    stream = stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma) \
+        * grid_factor(g, t.blocks)
+    us = const("t_ramp") + s_latency + max(stream, wg_block)
+    return us, hbm, {"K2 stream": stream, "K2 gate-input latency": s_latency,
+                     "K2 weight-grad block": wg_block, "K2 L2 hits (MB)": hits / MB}
+
+
+def _shape(case, pass_: str) -> Shape:
+    return Shape(case.N, case.shape.C, case.shape.R, case.shape.H * case.shape.W,
+                 case.dtype.itemsize, case.residual, pass_)
+
+
+@functools.lru_cache(maxsize=None)
+def best_tiles(s: Shape, gname: str) -> Tuple[Tile, Tile]:
+    g = GPUS[gname]
+    keep = const("l2_keep") * g.l2.value
+    cands = list(tile_candidates(s.N, s.C, s.HW, s.esize))
+    k1 = min(cands, key=lambda t: k1_cost(s, g, t)[0])
+    k2 = min(cands, key=lambda t: k2_cost(s, g, t, keep)[0])
+    return k1, k2
+
+
+def fused(case, g: GPU, pass_: str, pdl: bool = False) -> Prediction:
+    """The v3 design: memset, K1, K2. pdl: the variant with programmatic dependent launch
+    and self-resetting counters (no memset; K2's launch and ramp overlap K1's tail)."""
+    s = _shape(case, pass_)
+    t1, t2 = best_tiles(s, g.name)
+    keep = const("l2_keep") * g.l2.value
+    k1, hbm1, p1 = k1_cost(s, g, t1)
+    k2, hbm2, p2 = k2_cost(s, g, t2, keep)
+    if pdl:
+        device, launches = k1 + k2 - const("t_ramp"), 2
+    else:
+        device, launches = const("t_memset") + const("t_gap") + k1 + const("t_gap") + k2, 3
+    host = const("host_fused_call") + launches * const("host_launch")
+    if pass_ == "backward":
+        host += const("host_autograd") + const("host_bwd_wrapper")
+    return Prediction(device, host, hbm1 + hbm2, launches, {**p1, **p2})
+
+
+# --- torch.compile of the reference
+
+
+def compiled(case, g: GPU, pass_: str) -> Prediction:
+    """Inductor's kernels for se_fused.reference: forward = one reduction (two for a
+    channels_last split reduction), fc1 (cuBLAS addmm), act (Triton), fc2 (addmm), one
+    pointwise (gate, x*s, residual, relu); backward = one reduction (sum g*x), the gate
+    derivative, 4 GEMMs (dh, gw2, gw1, dz), bias sums, act derivative, one pointwise.
+    The pointwise re-read of x (g) hits L2 only where the reduction's inputs fit: it walks
+    in the same order, so the tail left in L2 is found last, after it was evicted."""
+    X = float(case.x_bytes)
+    N, Cc, R = case.N, case.shape.C, case.shape.R
+    keep = const("l2_keep") * g.l2.value
+    res = 1 if case.residual else 0
+    split = 1 if case.layout == "channels_last" and case.shape.H * case.shape.W > 1 else 0
+    small = const("t_small_kernel")
+    if pass_ == "forward":
+        red_read, reread, writes, other = X, X, X, X * res
+        gemms = [gemm_us(g, N, R, Cc), gemm_us(g, N, Cc, R)]
+        n_small = 1 + split  # act (+ the split reduction's second stage)
+    else:
+        red_read, reread, writes, other = X * (2 + res), X * (1 + res), X * (1 + res), 0.0
+        gemms = [gemm_us(g, N, R, Cc), gemm_us(g, Cc, R, N), gemm_us(g, R, Cc, N),
+                 gemm_us(g, N, Cc, R)]
+        n_small = 3 + split  # gate derivative (+ gb2), act derivative (+ gb1), dz scale
+    hits = l2_hits(reread, red_read, keep, reverse=False)
+    red = const("t_ramp") + stream_us(g, red_read, red_read)
+    pw_hbm = reread - hits + other + writes
+    pw = const("t_ramp") + stream_us(g, pw_hbm, reread + other)
+    kernels = 2 + n_small + len(gemms)
+    device = red + pw + sum(gemms) + n_small * small + (kernels - 1) * const("t_gap")
+    triton = 2 + n_small
+    host = (const("host_compiled_call") + triton * const("host_triton_launch")
+            + len(gemms) * const("host_eager_op"))
+    if pass_ == "backward":
+        host += const("host_autograd")
+    parts = {"reduction": red, "gemms": sum(gemms), "small kernels": n_small * small,
+             "pointwise": pw, "L2 hits of the re-read (MB)": hits / MB}
+    return Prediction(device, host, red_read + pw_hbm, kernels, parts)
+
+
+# --- eager (forward only: the batch-1 target reads it)
+
+
+def eager_forward(case, g: GPU) -> Prediction:
+    """se_fused.reference in eager mode. fp32: mean, addmm, act, addmm, gate, mul (six
+    kernels); bf16/fp16 add x.to(float32) twice and the cast back (each a full pass);
+    a residual adds its cast, the add and the relu."""
+    X = float(case.x_bytes)
+    e = case.dtype.itemsize
+    f = 4.0 / e  # bytes of the float32 copy per byte of x
+    N, Cc, R = case.N, case.shape.C, case.shape.R
+    half = e < 4
+    passes = []  # (hbm bytes) per full-size kernel
+    if half:
+        passes += [X + f * X]  # x.to(float32)
+    passes += [(f if half else 1) * X]  # mean
+    if half:
+        passes += [X + f * X]  # x.to(float32) again for the product
+    passes += [2 * (f if half else 1) * X]  # mul
+    if case.residual:
+        if half:
+            passes += [X + f * X]
+        passes += [3 * (f if half else 1) * X, 2 * (f if half else 1) * X]  # add, relu
+    if half:
+        passes += [f * X + X]  # .to(x.dtype)
+    small = 3  # act, gate and the bias-free parts are tiny kernels
+    gemms = [gemm_us(g, N, R, Cc), gemm_us(g, N, Cc, R)]
+    device = (sum(const("t_ramp") + stream_us(g, b, b / 2) for b in passes) + sum(gemms)
+              + small * const("t_small_kernel")
+              + (len(passes) + small + len(gemms) - 1) * const("t_gap"))
+    ops = len(passes) + small + len(gemms) - 1  # act and gate are 2 of the 3 small ones
+    host = ops * const("host_eager_op") + 10 * const("host_cheap_call")
+    return Prediction(device, host, sum(passes), ops, {})
+
+
+# --- the old v2 persistent schedule, coarsely (review F1-F3)
+
+
+def v2(case, g: GPU, pass_: str) -> float:
+    """Waves of L2/4 bytes; one excitation chain per wave, and the chains do not overlap
+    (review F1): time ~ W x max(chain, one wave's streaming) + one wave's streaming. The
+    chain: fc1 over K <= 256 and fc2 over R <= 128 in 32-channel chunks at 2.75 us each
+    (F2), plus channels_last z from many partials (F3) and three handoffs; the backward's
+    (gate, dh, dz) taken as twice the forward's. The waves' re-reads are assumed to hit L2,
+    so it streams only the floor's bytes, at the copy rate."""
+    X = float(case.x_bytes)
+    W = max(1, math.ceil(X / (g.l2.value / 4)))
+    chunks = math.ceil(min(case.shape.C, 256) / 32) + math.ceil(min(case.shape.R, 128) / 32)
+    chain = chunks * const("v2_chunk") + 3 * const("t_handoff")
+    if case.layout == "channels_last" and case.shape.H * case.shape.W * case.dtype.itemsize > 1024:
+        chain += math.ceil(min(case.shape.C, 256) / 32) * const("v2_cl_z")
+    if pass_ == "backward":
+        chain *= 2
+    wave = case.floor_bytes(pass_) / W / g.copy_bw / US
+    device = W * max(chain, wave) + wave + const("t_ramp") + const("t_memset") + const("t_gap")
+    host = const("host_fused_call") + 2 * const("host_launch")
+    if pass_ == "backward":
+        host += const("host_autograd") + const("host_bwd_wrapper")
+    return max(device, host)
+
+
+# --- rows
+
+
+def gpu_cases(train_batch: int = TRAIN_BATCH):
+    """Every GPU case of bench_se.py --full (its own plan, so the list cannot drift)."""
+    return bench_se.plan("cuda", quick=False, train_batch=train_batch, policy="none")
+
+
+def floor_us(case, g: GPU, pass_: str) -> float:
+    return case.floor_bytes(pass_) / g.copy_bw / US
+
+
+def rows(cases=None, gpus=("H100", "H200")) -> List[dict]:
+    out = []
+    for case in cases if cases is not None else gpu_cases():
+        for gname in gpus:
+            g = GPUS[gname]
+            for pass_ in PASSES:
+                f, c = fused(case, g, pass_), compiled(case, g, pass_)
+                fp = fused(case, g, pass_, pdl=True)
+                fl = floor_us(case, g, pass_)
+                e = eager_forward(case, g) if pass_ == "forward" else None
+                t1, t2 = best_tiles(_shape(case, pass_), gname)
+                half_l2 = case.x_bytes <= g.l2.value / 2
+                out.append({
+                    "case": case.label, "gpu": gname, "pass": pass_,
+                    "N": case.N, "C": case.shape.C, "R": case.shape.R, "H": case.shape.H,
+                    "W": case.shape.W, "dtype": bench_se.DTYPE_NAMES[case.dtype],
+                    "layout": case.layout, "residual": case.residual,
+                    "fused_us": f.us, "compile_us": c.us, "floor_us": fl,
+                    "eager_us": e.us if e else None, "v2_us": v2(case, g, pass_),
+                    "fused_pdl_us": fp.us,
+                    "fused_device_us": f.device_us, "fused_host_us": f.host_us,
+                    "compile_device_us": c.device_us, "compile_host_us": c.host_us,
+                    "host_bound": f.host_us >= f.device_us,
+                    "bytes": case.floor_bytes(pass_), "x_bytes": case.x_bytes,
+                    "fused_hbm_bytes": f.hbm_bytes, "compile_hbm_bytes": c.hbm_bytes,
+                    "fused_launches": f.launches, "compile_launches": c.launches,
+                    "pct_of_floor": 100.0 * fl / f.us,
+                    "speedup_compile": c.us / f.us,
+                    "speedup_eager": (e.us / f.us) if e else None,
+                    "fits_half_l2": half_l2,
+                    "k1_tile": dataclasses.asdict(t1), "k2_tile": dataclasses.asdict(t2),
+                    "fused_parts_us": {k: round(v, 3) for k, v in f.parts.items()},
+                    "compile_parts_us": {k: round(v, 3) for k, v in c.parts.items()},
+                })
+    return out
+
+
+# --- targets (issue 16, item 2) and the v2 verdict
+
+
+def _geomean(v: List[float]) -> float:
+    return math.exp(sum(math.log(x) for x in v) / len(v))
+
+
+def check_targets(rs: List[dict]) -> List[dict]:
+    """Each target with its value, goal, whether the model meets it, and the rows that miss."""
+    out = []
+
+    def add(what, value, goal, misses):
+        out.append({"what": what, "value": value, "goal": goal, "met": not misses,
+                    "misses": misses})
+
+    worst = min(rs, key=lambda r: r["speedup_compile"])
+    add("every case: fused / torch.compile speedup (worst)", worst["speedup_compile"], 1.0,
+        [_miss(r, "speedup_compile") for r in rs if r["speedup_compile"] < 1.0])
+    gm = _geomean([r["speedup_compile"] for r in rs])
+    add(f"geomean speedup vs torch.compile ({len(rs)} rows)", gm, 1.3,
+        [] if gm >= 1.3 else ["geomean"])
+    fwd_train = [r for r in rs if r["pass"] == "forward" and r["N"] > 1]
+    for what, sel, goal in (("|x| <= L2/2", True, 85.0), ("|x| > L2/2", False, 60.0)):
+        sub = [r for r in fwd_train if r["fits_half_l2"] == sel]
+        if sub:
+            add(f"forward, {what} ({len(sub)} rows): % of the 2|x| roofline (worst)",
+                min(r["pct_of_floor"] for r in sub), goal,
+                [_miss(r, "pct_of_floor") for r in sub if r["pct_of_floor"] < goal])
+    one = [r for r in rs if r["pass"] == "forward" and r["N"] == 1]
+    if one:
+        add(f"batch-1 forward ({len(one)} rows): speedup vs eager (worst)",
+            min(r["speedup_eager"] for r in one), 3.0,
+            [_miss(r, "speedup_eager") for r in one if r["speedup_eager"] < 3.0])
+    return out
+
+
+def _miss(r: dict, key: str) -> str:
+    return f"{r['gpu']} {r['pass']} {r['case']}: {r[key]:.2f}"
+
+
+def v2_verdict(rs: List[dict]) -> Tuple[bool, List[dict], str]:
+    """Does the old persistent schedule win anywhere by >= 1.2x (issue item 3)? The rows
+    where it does, and a sentence."""
+    wins = sorted((r for r in rs if r["fused_us"] >= 1.2 * r["v2_us"]),
+                  key=lambda r: r["v2_us"] / r["fused_us"])
+    best = min(rs, key=lambda r: r["v2_us"] / r["fused_us"])
+    text = (f"v2 (persistent ticket/wave, coarse model) vs the v3 default: v2's best row is "
+            f"{best['gpu']} {best['pass']} {best['case']}: v3 {best['fused_us']:.1f} us, v2 "
+            f"{best['v2_us']:.1f} us ({best['fused_us'] / best['v2_us']:.2f}x in v2's favour). ")
+    if wins:
+        text += (f"v2 wins by >= 1.2x on {len(wins)} of {len(rs)} rows (|x| many times L2 with a "
+                 "short excitation: it streams 2|x| where v3 streams 3|x| less the L2 tail)")
+    else:
+        text += "v2 wins nowhere by >= 1.2x: it goes (issue item 3)"
+    return bool(wins), wins, text
+
+
+# --- output
+
+
+def constants_table() -> List[str]:
+    lines = ["| constant | value | unit | source | calibrate |", "|---|---|---|---|---|"]
+    for k, c in C.items():
+        lines.append(f"| {k} | {c.value:g} | {c.unit} | {c.source} | {'yes' if c.calibrate else ''} |")
+    for g in GPUS.values():
+        for f in dataclasses.fields(g):
+            if f.name == "name":
+                continue
+            c = getattr(g, f.name)
+            lines.append(f"| {g.name}.{f.name} | {c.value:g} | {c.unit} | {c.source} | "
+                         f"{'yes' if c.calibrate else ''} |")
+    return lines
+
+
+def table(rs: List[dict], markdown: bool = False) -> List[str]:
+    head = ("case", "gpu", "pass", "floor", "fused", "pdl", "compile", "eager", "v2", "%floor",
+            "vs compile")
+    lines = []
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    else:
+        lines.append(f"{'case':64s} {'gpu':4s} {'pass':8s} " + " ".join(f"{h:>8s}" for h in head[3:]))
+
+    def num(v):
+        return "-" if v is None else f"{v:.1f}"
+    for r in rs:
+        cells = [num(r["floor_us"]), num(r["fused_us"]), num(r["fused_pdl_us"]),
+                 num(r["compile_us"]), num(r["eager_us"]), num(r["v2_us"]),
+                 f"{r['pct_of_floor']:.0f}", f"{r['speedup_compile']:.2f}x"]
+        if markdown:
+            lines.append(f"| {r['case']} | {r['gpu']} | {r['pass']} | " + " | ".join(cells) + " |")
+        else:
+            lines.append(f"{r['case'][:64]:64s} {r['gpu']:4s} {r['pass']:8s} "
+                         + " ".join(f"{c:>8s}" for c in cells))
+    return lines
+
+
+def report(rs: List[dict]) -> List[str]:
+    lines = ["Targets (issue 16 item 2), predicted for the default v3 design:"]
+    for t in check_targets(rs):
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['what']}: {t['value']:.2f} "
+                     f"(goal >= {t['goal']:g})")
+        for m in t["misses"][:12]:
+            lines.append(f"      miss: {m}")
+        if len(t["misses"]) > 12:
+            lines.append(f"      ... and {len(t['misses']) - 12} more")
+    _, wins, text = v2_verdict(rs)
+    lines.append(text)
+    for r in wins[:12]:
+        lines.append(f"      v2 wins: {r['gpu']} {r['pass']} {r['case']}: v3 {r['fused_us']:.1f} us, "
+                     f"v2 {r['v2_us']:.1f} us")
+    if len(wins) > 12:
+        lines.append(f"      ... and {len(wins) - 12} more")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.add_argument("--filter", help="only cases whose label matches this regex")
+    p.add_argument("--gpu", choices=sorted(GPUS), action="append", help="H100 and/or H200")
+    p.add_argument("--markdown", action="store_true", help="the table as markdown")
+    p.add_argument("--constants", action="store_true", help="print the constants and sources")
+    args = p.parse_args(argv)
+    cases = gpu_cases()
+    if args.filter:
+        cases = [c for c in cases if re.search(args.filter, c.label)]
+    rs = rows(cases, tuple(args.gpu or ("H100", "H200")))
+    if args.json:
+        print(json.dumps(rs, indent=1))
+        return 0
+    if args.constants:
+        print("\n".join(constants_table()))
+        return 0
+    print("\n".join(table(rs, args.markdown)))
+    print("\ntimes in us; fused = v3 default (memset + 2 launches), pdl = v3 with programmatic "
+          "dependent launch and self-resetting counters; a MODEL, not a measurement\n")
+    if rs and not args.filter:
+        print("\n".join(report(rs)))
+    elif rs:
+        print("\n".join(report(rs)).replace("Targets (", "Targets over the filtered rows only ("))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
