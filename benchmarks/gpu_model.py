@@ -175,14 +175,17 @@ def stream_us(g: GPU, hbm: float, l2_reads: float, fma: float = 0.0) -> float:
                fma / (g.fma_rate * const("fma_eff"))) / US
 
 
-def grid_factor(g: GPU, blocks: int) -> float:
-    """>= 1: the stream time's stretch when the grid is small (too few loads in flight to
-    cover HBM latency at full bandwidth) or ends in a partial wave of equal blocks."""
+def on_grid_us(g: GPU, stream: float, blocks: int, block_bytes: float) -> float:
+    """A stream phase of `stream` us run by `blocks` blocks of `block_bytes` each: stretched
+    when too few blocks are resident to keep enough loads in flight for full bandwidth;
+    plus, beyond one wave, about half a block's time alone (the last blocks finish with
+    the memory system to themselves, latency-bound)."""
     slots = int(g.sms.value * const("blocks_per_sm"))
-    if blocks >= slots:
-        return math.ceil(blocks / slots) * slots / blocks
     needed = g.copy_bw * const("t_hbm") * US  # bytes in flight for full bandwidth
-    return max(1.0, needed / (blocks * const("block_inflight")))
+    t = stream * max(1.0, needed / (min(blocks, slots) * const("block_inflight")))
+    if blocks > slots:
+        t += 0.5 * block_bytes / (const("block_inflight") / const("t_hbm"))
+    return t
 
 
 def l2_phase_us(nbytes: float) -> float:
@@ -224,13 +227,14 @@ class Prediction:
 
 # --- the v3 design
 
-# Tiles (sample tile NT x channel tile CT x hw part) are the design's free parameters: for
-# each kernel the model takes the tile that its own cost function predicts fastest, from
-# these candidates. The cuda-v3 grid rule should pick the same tiles, or these times do
-# not hold: the rows carry the tiles ("k1_tile", "k2_tile") so the two can be compared.
-NT_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+# Tiles (sample tile NT x channel tile CT x hw part): the default rows use the plan of the
+# cuda-v3 branch (plan_tiles); "fused_best_us" uses, for each kernel, the tile from these
+# candidates that the model's own cost function predicts fastest, to show what the tile
+# rule costs. The rows carry the tiles ("k1_tile", "k2_tile").
+NT_CHOICES = (1, 2, 4, 8)  # the plan keeps one accumulator per sample in registers: <= 8
 CT_CHOICES = (8, 16, 32, 64, 128, 256)
 MIN_PART_BYTES = 4096  # no hw part smaller than this (one 16-byte load per thread)
+GRAD_TILE = 32  # weight-gradient output tiles (plan.h kGradTile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +274,7 @@ class Shape:
     esize: int
     residual: bool
     pass_: str
+    layout: str = "nchw"
 
     @property
     def X(self) -> float:
@@ -287,11 +292,12 @@ def k1_cost(s: Shape, g: GPU, t: Tile) -> Tuple[float, float, Dict[str, float]]:
     ws = 4.0 * N * Cc * t.parts
     w_slices = math.ceil(N / t.NT) * Cc * R * 4.0 + (0 if s.pass_ == "forward" else 4.0 * N * Cc)
     fma = float(N) * Cc * R
-    stream = stream_us(g, reads + 2 * ws, reads + ws + w_slices, fma) * grid_factor(g, t.blocks)
+    stream = on_grid_us(g, stream_us(g, reads + ws, reads + ws + w_slices, fma), t.blocks,
+                        (reads + ws) / t.blocks)
     own = t.parts * t.NT * t.CT + R * t.CT + (0 if s.pass_ == "forward" else t.NT * t.CT)
     chain = (2 * const("t_handoff") + l2_phase_us(4.0 * own) + block_fma_us(g, t.NT * t.CT * R)
              + l2_phase_us(4.0 * t.ct_count * t.NT * R) + block_fma_us(g, t.ct_count * t.NT * R))
-    return (const("t_ramp") + stream + chain, reads + 2 * ws,
+    return (const("t_ramp") + stream + chain, reads + ws,
             {"K1 stream": stream, "K1 chain": chain})
 
 
@@ -300,26 +306,27 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float) -> Tuple[float, float, Dict[
     gate input (fc2 row, or dz) of its own (n, c) pairs, R FMAs each, from the sample tile's
     h (da1) and the channel tile's W2 rows (W1 columns) read from L2; then streams. The
     re-read of x (g, and the mask) hits L2 per l2_hits, walked in reverse. The backward's
-    weight-gradient blocks (64 x 64 tiles over the batch) run beside the map blocks."""
+    weight-gradient blocks (32 x 32 tiles over the batch) run beside the map blocks."""
     X, N, Cc, R = s.X, s.N, s.C, s.R
     res = X if s.residual else 0.0
     if s.pass_ == "forward":
         first, reread, writes, other = X, X, X, res
-        wg_fma = wg_l2 = wg_block = 0.0
+        wg_fma = wg_l2 = wg_block = wg_tiles = 0.0
     else:
         first, reread, writes, other = X * (2 + s.residual), X * (1 + s.residual), \
             X * (1 + s.residual), 0.0
         wg_fma = 2.0 * N * Cc * R
-        wg_l2 = 2 * math.ceil(Cc / 64) * math.ceil(R / 64) * N * 128 * 4.0
-        wg_block = math.ceil(N / 32) * (l2_phase_us(2 * 32 * 64 * 4.0)
-                                        + block_fma_us(g, min(N, 32) * 64 * min(R, 64)))
+        wg_tiles = 2 * math.ceil(Cc / GRAD_TILE) * math.ceil(R / GRAD_TILE)
+        wg_l2 = wg_tiles * N * 2 * GRAD_TILE * 4.0
+        wg_block = math.ceil(N / 32) * (l2_phase_us(2 * 32 * GRAD_TILE * 4.0) + block_fma_us(
+            g, min(N, 32) * GRAD_TILE * min(R, GRAD_TILE)))
     hits = l2_hits(reread, first, keep, reverse=True)
     s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
     s_fma = float(t.blocks) * t.NT * t.CT * R
     s_latency = l2_phase_us(4.0 * (t.NT + t.CT) * R) + block_fma_us(g, t.NT * t.CT * R)
     hbm = (reread - hits) + other + writes
-    stream = stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma) \
-        * grid_factor(g, t.blocks)
+    stream = on_grid_us(g, stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma),
+                        t.blocks + int(wg_tiles), (reread + other + writes) / t.blocks)
     us = const("t_ramp") + s_latency + max(stream, wg_block)
     return us, hbm, {"K2 stream": stream, "K2 gate-input latency": s_latency,
                      "K2 weight-grad block": wg_block, "K2 L2 hits (MB)": hits / MB}
@@ -327,7 +334,42 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float) -> Tuple[float, float, Dict[
 
 def _shape(case, pass_: str) -> Shape:
     return Shape(case.N, case.shape.C, case.shape.R, case.shape.H * case.shape.W,
-                 case.dtype.itemsize, case.residual, pass_)
+                 case.dtype.itemsize, case.residual, pass_, case.layout)
+
+
+def plan_tiles(s: Shape) -> Tuple[Tile, Tile]:
+    """The tiles of the v3 plan as built on branch cuda-v3 (csrc/cuda/plan.h, make_plan):
+    launch 1 streams per-sample tiles of 16 KB (NCHW: a channel tile's span cut in parts of
+    L elements; channels_last: TC granule columns x 4*TP pixels); its finalizers take
+    sample tiles of NT <= 8 samples (4 for float64) x channel groups of >= 64 channels;
+    launch 2 takes M2 <= 8 samples of one (channel tile, part). Returned as (K1 tile with
+    CT = the finalizer's channel group, K2 tile)."""
+    esize, acc = s.esize, (8 if s.esize == 8 else 4)
+    V = 16 // esize
+    stage = 16 * 1024
+    if s.layout == "nchw":
+        L = stage // acc if s.pass_ == "backward" else stage // esize
+        gran = 1
+        while (gran * s.HW) % V:
+            gran *= 2
+        cap = 256 // gran * gran
+        CTw = min(cap, max(gran, L // s.HW // gran * gran)) if s.HW < L else gran
+        CTw = min(CTw, math.ceil(s.C / gran) * gran)
+        CTn, Tp = math.ceil(s.C / CTw), math.ceil(CTw * s.HW / L)
+        partials = 1  # per-(n, c) row sums (plus edge pieces, counted in the workspace)
+    else:
+        TC = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(s.C / V)))))
+        CTw = TC * V
+        CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / (4 * (256 // TC)))
+        partials = Tp
+    ms = 4 if acc == 8 else 8
+    NT = min(ms, s.N)
+    per_group = math.ceil(64 / CTw)
+    CG, CGn = per_group * CTw, math.ceil(CTn / per_group)
+    k1 = Tile(NT, min(CG, s.C), partials, s.N * CTn * Tp, CGn)
+    M2 = min(ms, s.N)
+    k2 = Tile(M2, min(CTw, s.C), Tp, math.ceil(s.N / M2) * CTn * Tp, CTn)
+    return k1, k2
 
 
 @functools.lru_cache(maxsize=None)
@@ -340,11 +382,12 @@ def best_tiles(s: Shape, gname: str) -> Tuple[Tile, Tile]:
     return k1, k2
 
 
-def fused(case, g: GPU, pass_: str, pdl: bool = False) -> Prediction:
-    """The v3 design: memset, K1, K2. pdl: the variant with programmatic dependent launch
-    and self-resetting counters (no memset; K2's launch and ramp overlap K1's tail)."""
+def fused(case, g: GPU, pass_: str, pdl: bool = False, best: bool = False) -> Prediction:
+    """The v3 design: memset, K1, K2, with the plan's tiles (best: the tiles the model
+    itself predicts fastest). pdl: the variant with programmatic dependent launch and
+    self-resetting counters (no memset; K2's launch and ramp overlap K1's tail)."""
     s = _shape(case, pass_)
-    t1, t2 = best_tiles(s, g.name)
+    t1, t2 = best_tiles(s, g.name) if best else plan_tiles(s)
     keep = const("l2_keep") * g.l2.value
     k1, hbm1, p1 = k1_cost(s, g, t1)
     k2, hbm2, p2 = k2_cost(s, g, t2, keep)
@@ -480,9 +523,11 @@ def rows(cases=None, gpus=("H100", "H200")) -> List[dict]:
             for pass_ in PASSES:
                 f, c = fused(case, g, pass_), compiled(case, g, pass_)
                 fp = fused(case, g, pass_, pdl=True)
+                fb = fused(case, g, pass_, best=True)
+                fbp = fused(case, g, pass_, best=True, pdl=True)
                 fl = floor_us(case, g, pass_)
                 e = eager_forward(case, g) if pass_ == "forward" else None
-                t1, t2 = best_tiles(_shape(case, pass_), gname)
+                t1, t2 = plan_tiles(_shape(case, pass_))
                 half_l2 = case.x_bytes <= g.l2.value / 2
                 out.append({
                     "case": case.label, "gpu": gname, "pass": pass_,
@@ -491,7 +536,7 @@ def rows(cases=None, gpus=("H100", "H200")) -> List[dict]:
                     "layout": case.layout, "residual": case.residual,
                     "fused_us": f.us, "compile_us": c.us, "floor_us": fl,
                     "eager_us": e.us if e else None, "v2_us": v2(case, g, pass_),
-                    "fused_pdl_us": fp.us,
+                    "fused_pdl_us": fp.us, "fused_best_us": fb.us, "fused_best_pdl_us": fbp.us,
                     "fused_device_us": f.device_us, "fused_host_us": f.host_us,
                     "compile_device_us": c.device_us, "compile_host_us": c.host_us,
                     "host_bound": f.host_us >= f.device_us,
@@ -516,8 +561,15 @@ def _geomean(v: List[float]) -> float:
     return math.exp(sum(math.log(x) for x in v) / len(v))
 
 
-def check_targets(rs: List[dict]) -> List[dict]:
-    """Each target with its value, goal, whether the model meets it, and the rows that miss."""
+VARIANTS = {"fused_us": "v3 as planned (default)", "fused_pdl_us": "+ PDL, no memset",
+            "fused_best_us": "the model's best tiles", "fused_best_pdl_us": "best tiles + PDL"}
+
+
+def check_targets(rs: List[dict], key: str = "fused_us") -> List[dict]:
+    """Each target with its value, goal, whether the model meets it, and the rows that miss,
+    for the fused time under `key` (a VARIANTS key)."""
+    if key != "fused_us":
+        rs = [_as_variant(r, key) for r in rs]
     out = []
 
     def add(what, value, goal, misses):
@@ -543,6 +595,13 @@ def check_targets(rs: List[dict]) -> List[dict]:
             min(r["speedup_eager"] for r in one), 3.0,
             [_miss(r, "speedup_eager") for r in one if r["speedup_eager"] < 3.0])
     return out
+
+
+def _as_variant(r: dict, key: str) -> dict:
+    t = r[key]
+    return {**r, "fused_us": t, "pct_of_floor": 100.0 * r["floor_us"] / t,
+            "speedup_compile": r["compile_us"] / t,
+            "speedup_eager": r["eager_us"] / t if r["eager_us"] else None}
 
 
 def _miss(r: dict, key: str) -> str:
@@ -584,8 +643,8 @@ def constants_table() -> List[str]:
 
 
 def table(rs: List[dict], markdown: bool = False) -> List[str]:
-    head = ("case", "gpu", "pass", "floor", "fused", "pdl", "compile", "eager", "v2", "%floor",
-            "vs compile")
+    head = ("case", "gpu", "pass", "floor", "fused", "pdl", "best", "compile", "eager", "v2",
+            "%floor", "vs compile")
     lines = []
     if markdown:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -596,6 +655,7 @@ def table(rs: List[dict], markdown: bool = False) -> List[str]:
         return "-" if v is None else f"{v:.1f}"
     for r in rs:
         cells = [num(r["floor_us"]), num(r["fused_us"]), num(r["fused_pdl_us"]),
+                 num(r["fused_best_us"]),
                  num(r["compile_us"]), num(r["eager_us"]), num(r["v2_us"]),
                  f"{r['pct_of_floor']:.0f}", f"{r['speedup_compile']:.2f}x"]
         if markdown:
@@ -615,6 +675,12 @@ def report(rs: List[dict]) -> List[str]:
             lines.append(f"      miss: {m}")
         if len(t["misses"]) > 12:
             lines.append(f"      ... and {len(t['misses']) - 12} more")
+    lines.append("The same targets for variants of the design (rows missing each target):")
+    for key, name in VARIANTS.items():
+        ts = check_targets(rs, key)
+        lines.append(f"  {name:26s} " + "; ".join(
+            f"{t['what'].split(' (')[0]}: {t['value']:.2f}"
+            + ("" if t["met"] else f" MISSED ({len(t['misses'])})") for t in ts))
     _, wins, text = v2_verdict(rs)
     lines.append(text)
     for r in wins[:12]:
@@ -644,8 +710,9 @@ def main(argv=None) -> int:
         print("\n".join(constants_table()))
         return 0
     print("\n".join(table(rs, args.markdown)))
-    print("\ntimes in us; fused = v3 default (memset + 2 launches), pdl = v3 with programmatic "
-          "dependent launch and self-resetting counters; a MODEL, not a measurement\n")
+    print("\ntimes in us; fused = v3 as planned on cuda-v3 (memset + 2 launches), pdl = the same "
+          "with programmatic dependent launch and self-resetting counters, best = the tiles the "
+          "model predicts fastest; a MODEL, not a measurement\n")
     if rs and not args.filter:
         print("\n".join(report(rs)))
     elif rs:
