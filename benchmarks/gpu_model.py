@@ -337,7 +337,7 @@ def _shape(case, pass_: str) -> Shape:
                  case.dtype.itemsize, case.residual, pass_, case.layout)
 
 
-def plan_tiles(s: Shape) -> Tuple[Tile, Tile]:
+def plan_tiles(s: Shape, samples2: int = 0) -> Tuple[Tile, Tile]:
     """The tiles of the v3 plan as built on branch cuda-v3 (csrc/cuda/plan.h, make_plan):
     launch 1 streams per-sample tiles of 16 KB (NCHW: a channel tile's span cut in parts of
     L elements; channels_last: TC granule columns x 4*TP pixels); its finalizers take
@@ -367,7 +367,7 @@ def plan_tiles(s: Shape) -> Tuple[Tile, Tile]:
     per_group = math.ceil(64 / CTw)
     CG, CGn = per_group * CTw, math.ceil(CTn / per_group)
     k1 = Tile(NT, min(CG, s.C), partials, s.N * CTn * Tp, CGn)
-    M2 = min(ms, s.N)
+    M2 = min(min(samples2, ms) if samples2 > 0 else ms, s.N)  # SE_FUSED_CUDA_SAMPLES
     k2 = Tile(M2, min(CTw, s.C), Tp, math.ceil(s.N / M2) * CTn * Tp, CTn)
     return k1, k2
 
@@ -382,12 +382,14 @@ def best_tiles(s: Shape, gname: str) -> Tuple[Tile, Tile]:
     return k1, k2
 
 
-def fused(case, g: GPU, pass_: str, pdl: bool = False, best: bool = False) -> Prediction:
+def fused(case, g: GPU, pass_: str, pdl: bool = False, best: bool = False,
+          samples2: int = 0) -> Prediction:
     """The v3 design: memset, K1, K2, with the plan's tiles (best: the tiles the model
     itself predicts fastest). pdl: the variant with programmatic dependent launch and
-    self-resetting counters (no memset; K2's launch and ramp overlap K1's tail)."""
+    self-resetting counters (no memset; K2's launch and ramp overlap K1's tail). samples2:
+    launch 2's samples per block as SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
     s = _shape(case, pass_)
-    t1, t2 = best_tiles(s, g.name) if best else plan_tiles(s)
+    t1, t2 = best_tiles(s, g.name) if best else plan_tiles(s, samples2)
     keep = const("l2_keep") * g.l2.value
     k1, hbm1, p1 = k1_cost(s, g, t1)
     k2, hbm2, p2 = k2_cost(s, g, t2, keep)
