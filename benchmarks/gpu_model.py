@@ -206,7 +206,8 @@ def l2_hits(reread: float, working_set: float, keep: float, reverse: bool) -> fl
     return reread * keep / working_set if reverse else 0.0
 
 
-def gemm_us(g: GPU, m: int, n: int, k: int) -> float:
+def gemm_us(m: int, n: int, k: int) -> float:
+    """A cuBLAS fp32 GEMM (m x k) @ (k x n): its floor time, or its FLOPs at gemm_eff."""
     flops = 2.0 * m * n * k
     return max(const("t_gemm_min"), flops / (const("fp32_flops") * const("gemm_eff")) / US)
 
@@ -239,6 +240,9 @@ GRAD_TILE = 32  # weight-gradient output tiles (plan.h kGradTile)
 
 @dataclasses.dataclass(frozen=True)
 class Tile:
+    """A launch's tiling. K1: NT samples x CT channels per finalizer group, parts partials
+    per (n, c), ct_count groups. K2: NT samples x CT channels x one of `parts` hw parts per
+    block, ct_count channel tiles."""
     NT: int
     CT: int
     parts: int
@@ -421,12 +425,12 @@ def compiled(case, g: GPU, pass_: str) -> Prediction:
     small = const("t_small_kernel")
     if pass_ == "forward":
         red_read, reread, writes, other = X, X, X, X * res
-        gemms = [gemm_us(g, N, R, Cc), gemm_us(g, N, Cc, R)]
+        gemms = [gemm_us(N, R, Cc), gemm_us(N, Cc, R)]
         n_small = 1 + split  # act (+ the split reduction's second stage)
     else:
         red_read, reread, writes, other = X * (2 + res), X * (1 + res), X * (1 + res), 0.0
-        gemms = [gemm_us(g, N, R, Cc), gemm_us(g, Cc, R, N), gemm_us(g, R, Cc, N),
-                 gemm_us(g, N, Cc, R)]
+        gemms = [gemm_us(N, R, Cc), gemm_us(Cc, R, N), gemm_us(R, Cc, N),
+                 gemm_us(N, Cc, R)]
         n_small = 3 + split  # gate derivative (+ gb2), act derivative (+ gb1), dz scale
     hits = l2_hits(reread, red_read, keep, reverse=False)
     red = const("t_ramp") + stream_us(g, red_read, red_read)
@@ -470,7 +474,7 @@ def eager_forward(case, g: GPU) -> Prediction:
     if half:
         passes += [f * X + X]  # .to(x.dtype)
     small = 3  # act, gate and the bias-free parts are tiny kernels
-    gemms = [gemm_us(g, N, R, Cc), gemm_us(g, N, Cc, R)]
+    gemms = [gemm_us(N, R, Cc), gemm_us(N, Cc, R)]
     device = (sum(const("t_ramp") + stream_us(g, b, b / 2) for b in passes) + sum(gemms)
               + small * const("t_small_kernel")
               + (len(passes) + small + len(gemms) - 1) * const("t_gap"))
