@@ -146,3 +146,13 @@ def test_every_constant_has_a_source(rows):
                                            for f in dataclasses.fields(g) if f.name != "name"]
     assert all(c.source.strip() and c.unit for c in consts)
     assert any(c.calibrate for c in consts)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU it would time the cases")
+def test_triage_prints_the_predictions_with_the_measurements_skipped(capsys):
+    import gpu_triage
+    assert gpu_triage.main(["--budget", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "SKIPPED" in out[0]
+    rows = [line for line in out if line.split()[-1:] and line.split()[-1].isdigit()]
+    assert len(rows) == 2 * len(gpu_triage.CASES)
