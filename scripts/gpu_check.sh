@@ -96,10 +96,10 @@ fi
 if [[ $GPU == 1 ]]; then
   if [[ $MODE == triage ]]; then
     step tests-cuda "$(cap 70 150)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
-      -k "match_reference or bits or graph" "${TIMEOUT_ARGS[@]}" --junitxml="$OUTDIR/junit.xml"
+      -k "match_reference or bits or graph" ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
   else
     step tests-cuda "$(cap 150 300)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
-      "${TIMEOUT_ARGS[@]}" --junitxml="$OUTDIR/junit.xml"
+      ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
   fi
 else
   skip tests-cuda "$NO_GPU"
