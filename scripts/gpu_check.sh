@@ -95,7 +95,7 @@ else
 fi
 if [[ $GPU == 1 ]]; then
   if [[ $MODE == triage ]]; then
-    step tests-cuda "$(cap 70 150)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
+    step tests-cuda "$(cap 90 130)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
       -k "match_reference or bits or graph" ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
   else
     step tests-cuda "$(cap 150 300)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
@@ -119,7 +119,7 @@ sanitize() {  # TOOL LIMIT QUICK
 }
 if [[ $GPU == 1 ]]; then
   if [[ $MODE == triage ]]; then
-    sanitize memcheck "$(cap 40 100)" 1
+    sanitize memcheck "$(cap 40 95)" 1
   else
     sanitize memcheck "$(cap 120 240)" 0
     sanitize racecheck "$(cap 60 180)" 1
@@ -133,7 +133,7 @@ fi
 TRIAGE_TXT="$OUTDIR/.triage_table"
 if [[ $MODE == triage ]]; then
   T=$(( $(left) - 15 ))
-  (( T > 90 )) && T=90
+  (( T > 75 )) && T=75
   if [[ $GPU == 1 ]] && (( T < 20 )); then
     skip timing "${T}s left of the budget"
   else
