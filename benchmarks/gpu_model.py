@@ -33,7 +33,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -637,7 +637,8 @@ def v2_verdict(rs: List[dict]) -> Tuple[bool, List[dict], str]:
 def constants_table() -> List[str]:
     lines = ["| constant | value | unit | source | calibrate |", "|---|---|---|---|---|"]
     for k, c in C.items():
-        lines.append(f"| {k} | {c.value:g} | {c.unit} | {c.source} | {'yes' if c.calibrate else ''} |")
+        mark = "yes" if c.calibrate else ""
+        lines.append(f"| {k} | {c.value:g} | {c.unit} | {c.source} | {mark} |")
     for g in GPUS.values():
         for f in dataclasses.fields(g):
             if f.name == "name":
@@ -655,7 +656,8 @@ def table(rs: List[dict], markdown: bool = False) -> List[str]:
     if markdown:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     else:
-        lines.append(f"{'case':64s} {'gpu':4s} {'pass':8s} " + " ".join(f"{h:>8s}" for h in head[3:]))
+        lines.append(f"{'case':64s} {'gpu':4s} {'pass':8s} "
+                     + " ".join(f"{h:>8s}" for h in head[3:]))
 
     def num(v):
         return "-" if v is None else f"{v:.1f}"
@@ -690,8 +692,8 @@ def report(rs: List[dict]) -> List[str]:
     _, wins, text = v2_verdict(rs)
     lines.append(text)
     for r in wins[:12]:
-        lines.append(f"      v2 wins: {r['gpu']} {r['pass']} {r['case']}: v3 {r['fused_us']:.1f} us, "
-                     f"v2 {r['v2_us']:.1f} us")
+        lines.append(f"      v2 wins: {r['gpu']} {r['pass']} {r['case']}: "
+                     f"v3 {r['fused_us']:.1f} us, v2 {r['v2_us']:.1f} us")
     if len(wins) > 12:
         lines.append(f"      ... and {len(wins) - 12} more")
     return lines

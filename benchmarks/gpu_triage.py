@@ -51,7 +51,8 @@ COMPILE_SECONDS = 45  # no torch.compile once less than this is left of the budg
 def triage_cases():
     by_key = {(c.shape.name, c.N, c.dtype, c.layout): c
               for c in gpu_model.gpu_cases() if not c.residual}
-    return [(by_key[(name, n, dtype, layout)], samples) for name, n, dtype, layout, samples in CASES]
+    return [(by_key[(name, n, dtype, layout)], samples)
+            for name, n, dtype, layout, samples in CASES]
 
 
 def model_gpu(name: str) -> str:
