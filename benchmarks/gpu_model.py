@@ -521,16 +521,20 @@ def floor_us(case, g: GPU, pass_: str) -> float:
     return case.floor_bytes(pass_) / g.copy_bw / US
 
 
-def rows(cases=None, gpus=("H100", "H200")) -> List[dict]:
+def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]:
+    """One dict per (case, gpu, pass); variants=False leaves out the PDL and best-tile
+    variants (their columns then repeat the default)."""
     out = []
     for case in cases if cases is not None else gpu_cases():
         for gname in gpus:
             g = GPUS[gname]
             for pass_ in PASSES:
                 f, c = fused(case, g, pass_), compiled(case, g, pass_)
-                fp = fused(case, g, pass_, pdl=True)
-                fb = fused(case, g, pass_, best=True)
-                fbp = fused(case, g, pass_, best=True, pdl=True)
+                fp = fb = fbp = f
+                if variants:
+                    fp = fused(case, g, pass_, pdl=True)
+                    fb = fused(case, g, pass_, best=True)
+                    fbp = fused(case, g, pass_, best=True, pdl=True)
                 fl = floor_us(case, g, pass_)
                 e = eager_forward(case, g) if pass_ == "forward" else None
                 t1, t2 = plan_tiles(_shape(case, pass_))
@@ -631,6 +635,45 @@ def v2_verdict(rs: List[dict]) -> Tuple[bool, List[dict], str]:
     return bool(wins), wins, text
 
 
+# --- sensitivity: how far the verdicts hang on the estimated constants
+
+SENSITIVITY = ("stream_eff", "fma_eff", "l2_keep", "t_l2", "t_handoff", "t_ramp", "t_gap",
+               "t_gemm_min", "host_fused_call", "host_eager_op", "host_compiled_call")
+
+
+def sensitivity(cases, factors=(0.5, 2.0)) -> List[str]:
+    """The default design's target values with one calibrate constant (and the L2
+    bandwidth of both GPUs) scaled at a time; stream_eff and l2_keep capped at 1."""
+    def summary(label):
+        ts = check_targets(rows(cases, variants=False))
+        return f"  {label:28s} " + "; ".join(
+            f"{t['value']:.2f}{'' if t['met'] else ' MISSED'}" for t in ts)
+    head = [t["what"].split(" (")[0] for t in check_targets(rows(cases, variants=False))]
+    lines = ["Sensitivity of the default design's targets (values in the order: "
+             + "; ".join(head) + "):", summary("as given")]
+    saved_c, saved_g = dict(C), dict(GPUS)
+    try:
+        for name in SENSITIVITY:
+            for f in factors:
+                c = C[name]
+                value = min(c.value * f, 1.0) if name in ("stream_eff", "l2_keep") else c.value * f
+                C[name] = dataclasses.replace(c, value=value)
+                lines.append(summary(f"{name} x{f:g} ({value:g})"))
+                C[name] = c
+        for f in factors:
+            for k, g in saved_g.items():
+                GPUS[k] = dataclasses.replace(g, l2_bw=dataclasses.replace(
+                    g.l2_bw, value=g.l2_bw.value * f))
+            lines.append(summary(f"l2_bw x{f:g}"))
+            GPUS.update(saved_g)
+    finally:
+        C.clear()
+        C.update(saved_c)
+        GPUS.clear()
+        GPUS.update(saved_g)
+    return lines
+
+
 # --- output
 
 
@@ -706,6 +749,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", choices=sorted(GPUS), action="append", help="H100 and/or H200")
     p.add_argument("--markdown", action="store_true", help="the table as markdown")
     p.add_argument("--constants", action="store_true", help="print the constants and sources")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="the targets with each estimated constant halved and doubled")
     args = p.parse_args(argv)
     cases = gpu_cases()
     if args.filter:
@@ -713,6 +758,9 @@ def main(argv=None) -> int:
     rs = rows(cases, tuple(args.gpu or ("H100", "H200")))
     if args.json:
         print(json.dumps(rs, indent=1))
+        return 0
+    if args.sensitivity:
+        print("\n".join(sensitivity(cases)))
         return 0
     if args.constants:
         print("\n".join(constants_table()))

@@ -156,3 +156,20 @@ def test_triage_prints_the_predictions_with_the_measurements_skipped(capsys):
     assert "SKIPPED" in out[0]
     rows = [line for line in out if line.split()[-1:] and line.split()[-1].isdigit()]
     assert len(rows) == 2 * len(gpu_triage.CASES)
+
+
+def test_sensitivity_scales_one_constant_at_a_time_and_restores_them():
+    cases = [dataclasses.replace(_case("SE-ResNet-50 s4", torch.bfloat16),
+                                 N=gpu_model.TRAIN_BATCH)]
+    before = ({k: c.value for k, c in gpu_model.C.items()},
+              {k: g.l2_bw.value for k, g in gpu_model.GPUS.items()})
+    lines = gpu_model.sensitivity(cases)
+    after = ({k: c.value for k, c in gpu_model.C.items()},
+             {k: g.l2_bw.value for k, g in gpu_model.GPUS.items()})
+    assert before == after
+    assert len(lines) == 2 + 2 * (len(gpu_model.SENSITIVITY) + 1)
+    # a slower stream can only take the design further from the floor (the third value:
+    # the forward's % of the roofline, x larger than L2/2)
+    as_given = float(lines[1].split(";")[2].split()[0])
+    halved = float(next(x for x in lines if "stream_eff x0.5" in x).split(";")[2].split()[0])
+    assert halved < as_given
