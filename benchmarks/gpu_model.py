@@ -94,11 +94,18 @@ C: Dict[str, Const] = {
                   "flight (optimistic 0.2, pessimistic 0.4)", True),
     "t_handoff": Const(0.8, "us", "review section 2, base: release fence + atomic + acquire of a "
                        "last-arrival handoff (0.5-1.2)", True),
-    "block_inflight": Const(32 * 1024, "bytes", "design: 256 threads x 8 loads of 16 B in flight "
-                            "per block in a latency-bound phase", False),
+    "block_inflight": Const(16 * 1024, "bytes", "cuda-v3 plan.h: 16 KB tiles, 256 threads x 4 "
+                            "loads of 16 B in flight per block", False),
+    "loop_inflight": Const(4, "loads", "estimate: loads in flight per thread in the small "
+                           "layers' loops (cuda-v3 small_layers.cuh: warp_dot, column_dot, "
+                           "sum_of_groups, grad_tile: one L2 load per iteration, runtime trip "
+                           "counts; nvcc unrolling by 4 assumed); SASS or the first run decides",
+                           True),
     "t_hbm": Const(0.8, "us", "review section 2, base: HBM load latency (0.6-1.0)", True),
-    "blocks_per_sm": Const(4, "blocks", "design: 256-thread blocks at <= 64 registers, 4 "
-                           "resident per SM (65536 registers)", False),
+    "blocks_per_sm_1": Const(4, "blocks", "cuda-v3 se_cuda_common.cuh: launch 1 compiled for "
+                             "4 resident blocks of 256 threads (64 registers)", False),
+    "blocks_per_sm_2": Const(3, "blocks", "cuda-v3 se_cuda_common.cuh: launch 2 compiled for "
+                             "3 resident blocks (80 registers)", False),
     "t_ramp": Const(1.5, "us", "estimate: a full-grid kernel's start (first loads from HBM, "
                     "~0.8 us latency) and its last wave's drain", True),
     "t_gap": Const(1.0, "us", "estimate: device-side gap between two dependent kernels in one "
@@ -175,27 +182,30 @@ def stream_us(g: GPU, hbm: float, l2_reads: float, fma: float = 0.0) -> float:
                fma / (g.fma_rate * const("fma_eff"))) / US
 
 
-def on_grid_us(g: GPU, stream: float, blocks: int, block_bytes: float) -> float:
-    """A stream phase of `stream` us run by `blocks` blocks of `block_bytes` each: stretched
-    when too few blocks are resident to keep enough loads in flight for full bandwidth;
-    plus, beyond one wave, about half a block's time alone (the last blocks finish with
-    the memory system to themselves, latency-bound)."""
-    slots = int(g.sms.value * const("blocks_per_sm"))
-    needed = g.copy_bw * const("t_hbm") * US  # bytes in flight for full bandwidth
-    t = stream * max(1.0, needed / (min(blocks, slots) * const("block_inflight")))
+def on_grid_us(g: GPU, stream: float, blocks: int, block_bytes: float, per_sm: float,
+               prologue: float = 0.0) -> float:
+    """A stream phase of `stream` us (at full bandwidth) run by `blocks` blocks of
+    `block_bytes` each, per_sm resident per SM, each spending `prologue` us before its
+    first load. No faster than the bandwidth allows after the first prologue, nor than
+    the blocks' waves one after the other, each block at most block_inflight bytes per
+    HBM latency; beyond one wave the last blocks also finish alone (half a block)."""
+    slots = int(g.sms.value * per_sm)
+    solo = block_bytes / const("block_inflight") * const("t_hbm")
+    waves = math.ceil(blocks / slots)
+    t = max(prologue + stream, waves * (prologue + solo))
     if blocks > slots:
-        t += 0.5 * block_bytes / (const("block_inflight") / const("t_hbm"))
+        t += 0.5 * solo
     return t
 
 
-def l2_phase_us(nbytes: float) -> float:
-    """One block reading nbytes from L2, latency-bound: a round trip per in-flight batch."""
-    return const("t_l2") * max(1, math.ceil(nbytes / const("block_inflight")))
+def loop_us(iterations: float, ahead: bool = False) -> float:
+    """A thread's loop of `iterations` dependent-free L2 loads (the small layers' dot
+    products, sums and weight-gradient tiles): latency-bound, loop_inflight loads overlap
+    (ahead: LOADS_AHEAD times as many, every load of a chunk issued before its use)."""
+    return const("t_l2") * iterations / (const("loop_inflight") * (LOADS_AHEAD if ahead else 1))
 
 
-def block_fma_us(g: GPU, fmas: float) -> float:
-    """One block's FMAs on one SM."""
-    return fmas / (const("fma_per_clk_sm") * const("fma_eff") * g.clock.value) / US
+LOADS_AHEAD = 4  # the "loads ahead" variant: 4x the loads in flight in the small layers
 
 
 def l2_hits(reread: float, working_set: float, keep: float, reverse: bool) -> float:
@@ -285,7 +295,8 @@ class Shape:
         return float(self.N * self.C * self.HW * self.esize)
 
 
-def k1_cost(s: Shape, g: GPU, t: Tile) -> Tuple[float, float, Dict[str, float]]:
+def k1_cost(s: Shape, g: GPU, t: Tile, ahead: bool = False
+            ) -> Tuple[float, float, Dict[str, float]]:
     """K1 (squeeze, or the backward's reduce): (us, HBM bytes, parts). Streams x (g and v,
     and the mask y with a residual), writes per-(n, c, part) partials; the last arrival per
     (sample tile, channel tile) sums them and does its fc1 (dh) partial, reading its
@@ -297,15 +308,22 @@ def k1_cost(s: Shape, g: GPU, t: Tile) -> Tuple[float, float, Dict[str, float]]:
     w_slices = math.ceil(N / t.NT) * Cc * R * 4.0 + (0 if s.pass_ == "forward" else 4.0 * N * Cc)
     fma = float(N) * Cc * R
     stream = on_grid_us(g, stream_us(g, reads + ws, reads + ws + w_slices, fma), t.blocks,
-                        (reads + ws) / t.blocks)
-    own = t.parts * t.NT * t.CT + R * t.CT + (0 if s.pass_ == "forward" else t.NT * t.CT)
-    chain = (2 * const("t_handoff") + l2_phase_us(4.0 * own) + block_fma_us(g, t.NT * t.CT * R)
-             + l2_phase_us(4.0 * t.ct_count * t.NT * R) + block_fma_us(g, t.ct_count * t.NT * R))
+                        (reads + ws) / t.blocks, const("blocks_per_sm_1"))
+    # the group's sums: each thread adds `parts` partials for its (n, c) pairs; then its
+    # share of the next layer: forward a warp per r, lanes over the group's channels
+    # (warp_dot); backward a thread per r over the channels (column_dot); then the sample
+    # tile's sum over the groups (sum_of_groups)
+    sums = math.ceil(t.NT * t.CT / 256) * (t.parts + (0 if s.pass_ == "forward" else 1))
+    share = (math.ceil(R / 8) * math.ceil(t.CT / 32) if s.pass_ == "forward"
+             else math.ceil(R / 256) * t.CT)
+    chain = 2 * const("t_handoff") + loop_us(
+        sums + share + math.ceil(t.NT * R / 256) * t.ct_count, ahead)
     return (const("t_ramp") + stream + chain, reads + ws,
             {"K1 stream": stream, "K1 chain": chain})
 
 
-def k2_cost(s: Shape, g: GPU, t: Tile, keep: float) -> Tuple[float, float, Dict[str, float]]:
+def k2_cost(s: Shape, g: GPU, t: Tile, keep: float, ahead: bool = False
+            ) -> Tuple[float, float, Dict[str, float]]:
     """K2 (scale, or the backward's map): (us, HBM bytes, parts). Each block computes the
     gate input (fc2 row, or dz) of its own (n, c) pairs, R FMAs each, from the sample tile's
     h (da1) and the channel tile's W2 rows (W1 columns) read from L2; then streams. The
@@ -322,16 +340,19 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float) -> Tuple[float, float, Dict[
         wg_fma = 2.0 * N * Cc * R
         wg_tiles = 2 * math.ceil(Cc / GRAD_TILE) * math.ceil(R / GRAD_TILE)
         wg_l2 = wg_tiles * N * 2 * GRAD_TILE * 4.0
-        wg_block = math.ceil(N / 32) * (l2_phase_us(2 * 32 * GRAD_TILE * 4.0) + block_fma_us(
-            g, min(N, 32) * GRAD_TILE * min(R, GRAD_TILE)))
+        wg_block = loop_us(N, ahead)  # grad_tile: n ascending, a load of each operand per n
     hits = l2_hits(reread, first, keep, reverse=True)
     s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
     s_fma = float(t.blocks) * t.NT * t.CT * R
-    s_latency = l2_phase_us(4.0 * (t.NT + t.CT) * R) + block_fma_us(g, t.NT * t.CT * R)
+    # forward_gates: a warp per channel, lanes over R (warp_dot); backward_consts: a
+    # thread per channel over R (column_dot)
+    s_latency = loop_us(math.ceil(t.CT / 8) * math.ceil(R / 32) if s.pass_ == "forward"
+                        else math.ceil(t.CT / 256) * R, ahead)
     hbm = (reread - hits) + other + writes
     stream = on_grid_us(g, stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma),
-                        t.blocks + int(wg_tiles), (reread + other + writes) / t.blocks)
-    us = const("t_ramp") + s_latency + max(stream, wg_block)
+                        t.blocks + int(wg_tiles), (reread + other + writes) / t.blocks,
+                        const("blocks_per_sm_2"), s_latency)
+    us = const("t_ramp") + max(stream, wg_block)
     return us, hbm, {"K2 stream": stream, "K2 gate-input latency": s_latency,
                      "K2 weight-grad block": wg_block, "K2 L2 hits (MB)": hits / MB}
 
@@ -376,27 +397,35 @@ def plan_tiles(s: Shape, samples2: int = 0) -> Tuple[Tile, Tile]:
     return k1, k2
 
 
+def best_tiles(s: Shape, gname: str, ahead: bool = False) -> Tuple[Tile, Tile]:
+    """The candidates the model predicts fastest for each launch (with the constants as
+    they are now: cached per set of constants)."""
+    return _best_tiles(s, gname, ahead, tuple(c.value for c in C.values()),
+                       tuple(GPUS[gname].l2_bw.value for _ in (0,)))
+
+
 @functools.lru_cache(maxsize=None)
-def best_tiles(s: Shape, gname: str) -> Tuple[Tile, Tile]:
+def _best_tiles(s: Shape, gname: str, ahead: bool, _consts, _l2_bw) -> Tuple[Tile, Tile]:
     g = GPUS[gname]
     keep = const("l2_keep") * g.l2.value
     cands = list(tile_candidates(s.N, s.C, s.HW, s.esize))
-    k1 = min(cands, key=lambda t: k1_cost(s, g, t)[0])
-    k2 = min(cands, key=lambda t: k2_cost(s, g, t, keep)[0])
+    k1 = min(cands, key=lambda t: k1_cost(s, g, t, ahead)[0])
+    k2 = min(cands, key=lambda t: k2_cost(s, g, t, keep, ahead)[0])
     return k1, k2
 
 
 def fused(case, g: GPU, pass_: str, pdl: bool = False, best: bool = False,
-          samples2: int = 0) -> Prediction:
-    """The v3 design: memset, K1, K2, with the plan's tiles (best: the tiles the model
-    itself predicts fastest). pdl: the variant with programmatic dependent launch and
-    self-resetting counters (no memset; K2's launch and ramp overlap K1's tail). samples2:
-    launch 2's samples per block as SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
+          samples2: int = 0, ahead: bool = False) -> Prediction:
+    """The v3 design: memset, K1, K2, with the plan's tiles. Variants: best, the tiles the
+    model itself predicts fastest; pdl, programmatic dependent launch and self-resetting
+    counters (no memset; K2's launch and ramp overlap K1's tail); ahead, the small layers'
+    loops with LOADS_AHEAD times the loads in flight; samples2, launch 2's samples per
+    block as SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
     s = _shape(case, pass_)
-    t1, t2 = best_tiles(s, g.name) if best else plan_tiles(s, samples2)
+    t1, t2 = best_tiles(s, g.name, ahead) if best else plan_tiles(s, samples2)
     keep = const("l2_keep") * g.l2.value
-    k1, hbm1, p1 = k1_cost(s, g, t1)
-    k2, hbm2, p2 = k2_cost(s, g, t2, keep)
+    k1, hbm1, p1 = k1_cost(s, g, t1, ahead)
+    k2, hbm2, p2 = k2_cost(s, g, t2, keep, ahead)
     if pdl:
         device, launches = k1 + k2 - const("t_ramp"), 2
     else:
@@ -530,11 +559,12 @@ def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]
             g = GPUS[gname]
             for pass_ in PASSES:
                 f, c = fused(case, g, pass_), compiled(case, g, pass_)
-                fp = fb = fbp = f
+                fp = fb = fa = fall = f
                 if variants:
                     fp = fused(case, g, pass_, pdl=True)
                     fb = fused(case, g, pass_, best=True)
-                    fbp = fused(case, g, pass_, best=True, pdl=True)
+                    fa = fused(case, g, pass_, ahead=True)
+                    fall = fused(case, g, pass_, best=True, pdl=True, ahead=True)
                 fl = floor_us(case, g, pass_)
                 e = eager_forward(case, g) if pass_ == "forward" else None
                 t1, t2 = plan_tiles(_shape(case, pass_))
@@ -546,7 +576,8 @@ def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]
                     "layout": case.layout, "residual": case.residual,
                     "fused_us": f.us, "compile_us": c.us, "floor_us": fl,
                     "eager_us": e.us if e else None, "v2_us": v2(case, g, pass_),
-                    "fused_pdl_us": fp.us, "fused_best_us": fb.us, "fused_best_pdl_us": fbp.us,
+                    "fused_pdl_us": fp.us, "fused_best_us": fb.us, "fused_ahead_us": fa.us,
+                    "fused_all_us": fall.us,
                     "fused_device_us": f.device_us, "fused_host_us": f.host_us,
                     "compile_device_us": c.device_us, "compile_host_us": c.host_us,
                     "host_bound": f.host_us >= f.device_us,
@@ -572,7 +603,8 @@ def _geomean(v: List[float]) -> float:
 
 
 VARIANTS = {"fused_us": "v3 as planned (default)", "fused_pdl_us": "+ PDL, no memset",
-            "fused_best_us": "the model's best tiles", "fused_best_pdl_us": "best tiles + PDL"}
+            "fused_best_us": "the model's best tiles", "fused_ahead_us": "+ loads ahead",
+            "fused_all_us": "best tiles + ahead + PDL"}
 
 
 def check_targets(rs: List[dict], key: str = "fused_us") -> List[dict]:
@@ -637,7 +669,7 @@ def v2_verdict(rs: List[dict]) -> Tuple[bool, List[dict], str]:
 
 # --- sensitivity: how far the verdicts hang on the estimated constants
 
-SENSITIVITY = ("stream_eff", "fma_eff", "l2_keep", "t_l2", "t_handoff", "t_ramp", "t_gap",
+SENSITIVITY = ("stream_eff", "fma_eff", "l2_keep", "t_l2", "loop_inflight", "t_handoff", "t_ramp", "t_gap",
                "t_gemm_min", "host_fused_call", "host_eager_op", "host_compiled_call")
 
 

@@ -81,20 +81,24 @@ def test_l2_reuse_lowers_the_fused_bytes_when_x_fits():
     assert spills.hbm_bytes > 2.8 * huge.x_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 8 channels_last 7x7 forward rows "
-                   "with R >= 196 below compile: launch 2's blocks of 8 samples x 256 channels "
-                   "compute 8*256*R FMAs and read 256*R weights before streaming "
-                   "(benchmarks/NOTES.md, 'CUDA v3')")
+@pytest.mark.xfail(strict=True, reason="the model predicts ~200 rows below compile, most of "
+                   "them channels_last at batch 256: the small layers' loops (one L2 load per "
+                   "iteration) put ~10-60 us on launch 1's last-arrival chain and into every "
+                   "launch-2 block (benchmarks/NOTES.md, 'CUDA v3')")
 def test_default_design_is_never_slower_than_torch_compile(targets):
     t = targets["every case"]
     assert t["met"], t["misses"][:5]
 
 
-def test_with_narrower_launch_2_tiles_the_design_is_never_slower_than_torch_compile(rows):
+def test_with_the_three_changes_the_design_meets_the_compile_and_eager_targets(rows):
+    """Launch-2 tiles the model picks, 4x the loads in flight in the small layers, and
+    PDL without the memset (NOTES, 'CUDA v3'): the targets other than 85 % hold."""
     t = {x["what"].split(" (")[0].split(":")[0]: x
-         for x in gpu_model.check_targets(rows, "fused_best_us")}
-    assert t["every case"]["met"], t["every case"]["misses"][:5]
-    assert t["geomean speedup vs torch.compile"]["met"]
+         for x in gpu_model.check_targets(rows, "fused_all_us")}
+    for name in ("every case", "geomean speedup vs torch.compile", "forward, |x| > L2/2",
+                 "batch-1 forward"):
+        assert t[name]["met"], (name, t[name]["misses"][:5])
+    assert not t["forward, |x| <= L2/2"]["met"]
 
 
 def test_default_design_geomean_over_torch_compile_is_at_least_1_3(targets):
@@ -102,21 +106,24 @@ def test_default_design_geomean_over_torch_compile_is_at_least_1_3(targets):
     assert t["met"] and t["value"] >= 1.3
 
 
+@pytest.mark.xfail(strict=True, reason="the model predicts 42 batch-1 forwards below 3x "
+                   "eager: the last-arrival chain and the launch-2 prologue are latency-bound "
+                   "loops (benchmarks/NOTES.md, 'CUDA v3')")
 def test_default_design_batch_1_forward_is_3x_eager(targets):
     t = targets["batch-1 forward"]
     assert t["met"], t["misses"][:5]
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts the v3 default misses it: two "
-                   "launches, a memset and the last-arrival chain cost ~8-11 us against "
-                   "floors of 8-15 us (benchmarks/NOTES.md, 'CUDA v3')")
+@pytest.mark.xfail(strict=True, reason="the model predicts 15-45 %: two launches, a memset "
+                   "and the last-arrival chain cost more than the 8-15 us floors "
+                   "(benchmarks/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_half_l2(
         targets):
     assert targets["forward, |x| <= L2/2"]["met"]
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 7x7 and 14x14 rows at 45-59 %: fixed "
-                   "costs, and launch 2's per-block gate inputs where R is large "
+@pytest.mark.xfail(strict=True, reason="the model predicts 103 rows below 60 %, 25 % worst: "
+                   "the small layers' latency-bound loops and the fixed costs "
                    "(benchmarks/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_60_percent_of_the_roofline_elsewhere(targets):
     assert targets["forward, |x| > L2/2"]["met"]
