@@ -362,16 +362,32 @@ def _shape(case, pass_: str) -> Shape:
                  case.dtype.itemsize, case.residual, pass_, case.layout)
 
 
-def plan_tiles(s: Shape, samples2: int = 0) -> Tuple[Tile, Tile]:
-    """The tiles of the v3 plan as built on branch cuda-v3 (csrc/cuda/plan.h, make_plan):
-    launch 1 streams per-sample tiles of 16 KB (NCHW: a channel tile's span cut in parts of
-    L elements; channels_last: TC granule columns x 4*TP pixels); its finalizers take
-    sample tiles of NT <= 8 samples (4 for float64) x channel groups of >= 64 channels;
-    launch 2 takes M2 <= 8 samples of one (channel tile, part). Returned as (K1 tile with
-    CT = the finalizer's channel group, K2 tile)."""
+def samples_per_block(N: int, per_sample: int, most: int, slots: int, prologue: float) -> int:
+    """plan.h samples_per_block: of 1 .. most, the fewest (block waves) x (samples +
+    prologue in tiles); the larger on a tie."""
+    if slots <= 0:
+        return min(most, N)
+    best, best_cost = 1, None
+    for m in range(1, min(most, N) + 1):
+        waves = math.ceil(math.ceil(N / m) * per_sample / slots)
+        cost = waves * (m + prologue)
+        if best_cost is None or cost <= best_cost:
+            best, best_cost = m, cost
+    return best
+
+
+def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]:
+    """The tiles of the v3 plan as built on branch cuda-v3 (csrc/cuda/plan.h, make_plan, at
+    9b0136f): launch 1 streams per-sample tiles (NCHW: a channel tile's span cut in parts
+    of L elements, 16 KB; channels_last: TC granule columns x 16*TP pixels); its
+    finalizers take sample tiles of NT <= 8 samples (4 for float64) x channel groups of
+    >= 64 channels; launch 2 takes M2 samples of one (channel tile, part), M2 from
+    samples_per_block with `slots` launch-2 blocks resident (SE_FUSED_CUDA_SAMPLES:
+    samples2). Returned as (K1 tile with CT = the finalizer's channel group, K2 tile)."""
     esize, acc = s.esize, (8 if s.esize == 8 else 4)
     V = 16 // esize
     stage = 16 * 1024
+    L = PT = 0
     if s.layout == "nchw":
         L = stage // acc if s.pass_ == "backward" else stage // esize
         gran = 1
@@ -382,19 +398,28 @@ def plan_tiles(s: Shape, samples2: int = 0) -> Tuple[Tile, Tile]:
         CTw = min(CTw, math.ceil(s.C / gran) * gran)
         CTn, Tp = math.ceil(s.C / CTw), math.ceil(CTw * s.HW / L)
         partials = 1  # per-(n, c) row sums (plus edge pieces, counted in the workspace)
+        tile_elems, tile_ch = min(L, CTw * s.HW), min(CTw, math.ceil(L / s.HW) + 1)
     else:
         TC = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(s.C / V)))))
-        CTw = TC * V
-        CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / (4 * (256 // TC)))
+        CTw, PT = TC * V, 16 * (256 // TC)
+        CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / PT)
         partials = Tp
+        tile_elems, tile_ch = CTw * min(PT, s.HW), min(CTw, s.C)
     ms = 4 if acc == 8 else 8
     NT = min(ms, s.N)
     per_group = math.ceil(64 / CTw)
     CG, CGn = per_group * CTw, math.ceil(CTn / per_group)
     k1 = Tile(NT, min(CG, s.C), partials, s.N * CTn * Tp, CGn)
-    M2 = min(min(samples2, ms) if samples2 > 0 else ms, s.N)  # SE_FUSED_CUDA_SAMPLES
+    prologue = 0.5 * tile_ch * s.R * acc / max(1, 2 * tile_elems * esize)
+    M2 = (min(samples2, ms, s.N) if samples2 > 0
+          else samples_per_block(s.N, CTn * Tp, ms, slots, prologue))
     k2 = Tile(M2, min(CTw, s.C), Tp, math.ceil(s.N / M2) * CTn * Tp, CTn)
     return k1, k2
+
+
+def launch2_slots(g: GPU) -> int:
+    """se_cuda_ops.cpp launch2_slots: SMs x the blocks per SM launch 2 is compiled for."""
+    return int(g.sms.value * const("blocks_per_sm_2"))
 
 
 def best_tiles(s: Shape, gname: str, ahead: bool = False) -> Tuple[Tile, Tile]:
@@ -422,7 +447,8 @@ def fused(case, g: GPU, pass_: str, pdl: bool = False, best: bool = False,
     loops with LOADS_AHEAD times the loads in flight; samples2, launch 2's samples per
     block as SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
     s = _shape(case, pass_)
-    t1, t2 = best_tiles(s, g.name, ahead) if best else plan_tiles(s, samples2)
+    t1, t2 = (best_tiles(s, g.name, ahead) if best
+              else plan_tiles(s, launch2_slots(g), samples2))
     keep = const("l2_keep") * g.l2.value
     k1, hbm1, p1 = k1_cost(s, g, t1, ahead)
     k2, hbm2, p2 = k2_cost(s, g, t2, keep, ahead)
@@ -567,7 +593,7 @@ def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]
                     fall = fused(case, g, pass_, best=True, pdl=True, ahead=True)
                 fl = floor_us(case, g, pass_)
                 e = eager_forward(case, g) if pass_ == "forward" else None
-                t1, t2 = plan_tiles(_shape(case, pass_))
+                t1, t2 = plan_tiles(_shape(case, pass_), launch2_slots(g))
                 half_l2 = case.x_bytes <= g.l2.value / 2
                 out.append({
                     "case": case.label, "gpu": gname, "pass": pass_,
