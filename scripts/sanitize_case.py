@@ -1,13 +1,17 @@
 """A small workload for compute-sanitizer (scripts/cuda_sanitize.sh): the CUDA
-forward and backward ops of se_fused over both layouts, three dtypes, with and
+forward and backward ops of se_fused over both layouts, four dtypes, with and
 without residual / output relu / biases, odd sizes, a misaligned view, rows
 longer than a tile, the in-place forward and the y-only backward. Each case runs
-three times: the default launch, one block (SE_FUSED_CUDA_GRID=1) and a wave per
-sample (SE_FUSED_CUDA_WAVE_BYTES=1), which must give the same bits. Inputs are made
-on the CPU and copied over, and the expected values are computed on the CPU in
-float64, so almost every kernel that runs on the GPU is one of ours. Exits
-non-zero if a result is wrong.
+once with the default plan and once per setting in KNOBS (plan knobs that must not
+change a bit), and the results must agree bit for bit. Inputs are made on the CPU
+and copied over, and the expected values are computed on the CPU in float64, so
+almost every kernel that runs on the GPU is one of ours. Exits non-zero if a
+result is wrong.
+
+    python scripts/sanitize_case.py            # every case (192)
+    python scripts/sanitize_case.py --quick    # 10 cases, one per shape and more
 """
+import argparse
 import itertools
 import os
 import sys
@@ -19,6 +23,10 @@ import se_fused  # noqa: E402,F401  (loads the ops)
 from se_fused import reference  # noqa: E402
 from se_fused.ops import _backward_composite  # noqa: E402
 
+# The CUDA plan's knobs (csrc/cuda/se_cuda_ops.cpp), each a setting that changes which
+# block computes what but no summation order: one sample per launch-2 block, and an L2
+# the re-read never fits in (launch 1 keeps nothing, launch 2 walks in reverse).
+KNOBS = (("SE_FUSED_CUDA_SAMPLES", "1"), ("SE_FUSED_CUDA_L2_BYTES", "1"))
 TOL = {torch.float64: 1e-7, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 ops = torch.ops.se_fused
 
@@ -74,12 +82,14 @@ def run_case(shape, R, dtype, channels_last, residual, relu, bias, misaligned, g
         return y, z, grads
 
     y, z, grads = run()
-    for knob in ("SE_FUSED_CUDA_GRID", "SE_FUSED_CUDA_WAVE_BYTES"):
-        os.environ[knob] = "1"
-        y2, z2, grads2 = run()
-        del os.environ[knob]
+    for knob, value in KNOBS:
+        os.environ[knob] = value
+        try:
+            y2, z2, grads2 = run()
+        finally:
+            del os.environ[knob]
         if not all(torch.equal(a, b) for a, b in zip((y, z) + tuple(grads), (y2, z2) + tuple(grads2))):
-            failures.append(f"{shape} {dtype} cl={channels_last}: bits changed with {knob}=1")
+            failures.append(f"{shape} {dtype} cl={channels_last}: bits changed with {knob}={value}")
     if not residual and not relu and not misaligned:
         # in place, and the y-only backward from that y
         xi = xd.clone()
@@ -114,30 +124,49 @@ def run_case(shape, R, dtype, channels_last, residual, relu, bias, misaligned, g
               dtype, failures)
 
 
-def main():
+SHAPES = [
+    ((2, 3, 5, 7), 1),     # odd C and H*W: scalar paths, several channels per warp
+    ((3, 17, 7, 7), 4),    # 7x7 rows that start off 16-byte boundaries (peeling)
+    ((2, 64, 3, 3), 16),   # channels_last 16-byte vectors
+    ((1, 8, 40, 40), 2),   # H*W split across blocks (partials, last arrivals)
+    ((1, 1, 33, 31), 1),   # one channel
+    ((1, 2, 70, 70), 1),   # rows longer than a tile (pieces across tiles)
+    ((20, 24, 4, 4), 6),   # more samples than a finalizer's or a scale block's tile
+    ((2, 300, 2, 2), 40),  # many channels: several channel groups and partials
+]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+EPILOGUES = [(False, False, True, False),  # (residual, relu, bias, misaligned)
+             (True, True, False, False),
+             (True, True, True, True)]
+
+
+def cases(quick: bool):
+    """(shape, R, dtype, channels_last, residual, relu, bias, misaligned) tuples: the whole
+    product, or one case per shape rotating dtype, layout and epilogue, plus two more."""
+    if not quick:
+        for (shape, R), dtype, cl, ep in itertools.product(SHAPES, DTYPES, [False, True],
+                                                           EPILOGUES):
+            yield (shape, R, dtype, cl, *ep)
+        return
+    for i, (shape, R) in enumerate(SHAPES):
+        yield (shape, R, DTYPES[i % len(DTYPES)], bool(i % 2), *EPILOGUES[i % len(EPILOGUES)])
+    yield (*SHAPES[2], torch.bfloat16, True, *EPILOGUES[2])
+    yield (*SHAPES[6], torch.float32, False, *EPILOGUES[1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="10 cases instead of the full product")
+    args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("sanitize_case: no CUDA device", file=sys.stderr)
         return 2
     gen = torch.Generator().manual_seed(0)
     failures = []
-    shapes = [
-        ((2, 3, 5, 7), 1),     # odd C and H*W: scalar paths, several channels per warp
-        ((3, 17, 7, 7), 4),    # 7x7 rows that start off 16-byte boundaries (peeling)
-        ((2, 64, 3, 3), 16),   # channels_last 16-byte vectors
-        ((1, 8, 40, 40), 2),   # H*W split across blocks (partials, last-block counter)
-        ((1, 1, 33, 31), 1),   # one channel: spare warps take further chunks
-        ((1, 2, 70, 70), 1),   # rows longer than a tile (pieces across tiles)
-        ((20, 24, 4, 4), 6),   # more than one 16-sample excitation tile
-        ((2, 300, 2, 2), 40),  # many channels a tile, several fc1 splits
-    ]
     count = 0
-    for (shape, R), dtype, cl in itertools.product(
-            shapes, [torch.float32, torch.float16, torch.float64], [False, True]):
-        for residual, relu, bias, misaligned in [(False, False, True, False),
-                                                 (True, True, False, False),
-                                                 (True, True, True, True)]:
-            run_case(shape, R, dtype, cl, residual, relu, bias, misaligned, gen, failures)
-            count += 1
+    for case in cases(args.quick):
+        run_case(*case, gen, failures)
+        count += 1
     for f in failures:
         print("MISMATCH", f, file=sys.stderr)
     print(f"sanitize_case: {count} cases, {len(failures)} mismatches")
