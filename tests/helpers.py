@@ -1,5 +1,7 @@
 """Shared by the tests: per-dtype tolerances (stated once), input factories, and
 the fused-vs-reference runner."""
+import contextlib
+
 import torch
 
 import se_fused
@@ -31,17 +33,17 @@ def assert_close_scaled(actual, expected, dtype, what="output"):
                                atol=tol["atol"] * scale, msg=lambda m: f"{what}: {m}")
 
 
-def make_inputs(shape, R, dtype, memory_format, *, bias=True, residual=False,
-                param_dtype=None, device="cpu", seed=0, one_layer=False):
-    """Random x, weights and biases (never zeros) that require grad.
+def make_inputs(shape, R, dtype, memory_format=torch.contiguous_format, *, bias=True,
+                residual=False, param_dtype=None, device="cpu", seed=0, one_layer=False):
+    """Random x, weights and biases (never zeros) that require grad, drawn on `device`.
 
     one_layer: the one-layer form, w1 (C, C) and w2 = b2 = None (R is ignored)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     N, C, H, W = shape
     pdt = param_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
 
     def rnd(*s, dt=pdt, scale=1.0):
-        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dt).to(device)
+        return (torch.randn(*s, generator=g, dtype=torch.float64, device=device) * scale).to(dt)
 
     def leaf(t):
         return t.requires_grad_()
@@ -60,7 +62,9 @@ def make_inputs(shape, R, dtype, memory_format, *, bias=True, residual=False,
     )
 
 
-def _forward_backward(fn, inputs, kw, grad_seed=1):
+def forward_backward(fn, inputs, kw, grad_y=None, seed=1):
+    """y and the grads of every tensor input that requires grad, for one grad_y (drawn
+    on y's device, so that nothing here synchronizes the host)."""
     y = fn(inputs["x"], inputs["w1"], inputs["b1"], inputs["w2"], inputs["b2"],
            residual=inputs["residual"], **kw)
     names = [k for k, v in inputs.items() if v is not None and v.requires_grad]
@@ -68,16 +72,52 @@ def _forward_backward(fn, inputs, kw, grad_seed=1):
         grads = torch.autograd.grad(y.sum(), [inputs[k] for k in names], allow_unused=True,
                                     materialize_grads=True)
     else:
-        gen = torch.Generator().manual_seed(grad_seed)
-        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype).to(y.device)
-        grads = torch.autograd.grad(y, [inputs[k] for k in names], gy)
+        if grad_y is None:
+            gen = torch.Generator(device=y.device).manual_seed(seed)
+            grad_y = torch.randn(y.shape, generator=gen, dtype=torch.float64,
+                                 device=y.device).to(y.dtype)
+        grads = torch.autograd.grad(y, [inputs[k] for k in names], grad_y)
     return y.detach(), dict(zip(names, grads))
 
 
 def run_both(inputs, kw, fused=None):
     """(y, grads) of the fused op and of the reference on the same inputs."""
-    return (_forward_backward(fused or se_fused.squeeze_excite, inputs, kw),
-            _forward_backward(reference.squeeze_excite, inputs, kw))
+    return (forward_backward(fused or se_fused.squeeze_excite, inputs, kw),
+            forward_backward(reference.squeeze_excite, inputs, kw))
+
+
+# From most to least precise: a gradient is compared with the tolerance of the less
+# precise of x's dtype and its own (a float16 weight's gradient is rounded to float16).
+_PRECISION = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def _looser(a, b):
+    return max(a, b, key=_PRECISION.index)
+
+
+def assert_matches_reference(inputs, kw, dtype, grad_y=None, fused=None):
+    """The fused op's y and grads against the reference's on the same inputs and grad_y:
+    same device, dtypes and shape, values within TOL; returns the fused (y, grads)."""
+    y, grads = forward_backward(fused or se_fused.squeeze_excite, inputs, kw, grad_y)
+    y_ref, grads_ref = forward_backward(reference.squeeze_excite, inputs, kw, grad_y)
+    assert y.device == inputs["x"].device and y.dtype == dtype and y.shape == y_ref.shape
+    assert_close_dtype(y, y_ref, dtype)
+    for name in grads:
+        assert grads[name].dtype == grads_ref[name].dtype, name
+        assert_close_dtype(grads[name], grads_ref[name], _looser(dtype, grads[name].dtype),
+                           what=f"grad {name}")
+    return y, grads
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch's intra-op thread count set to n inside the block, restored after it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def graph_capturing_backend(graphs):

@@ -1,5 +1,7 @@
-"""The fused op (CPU) against the reference: values, gradients, dtypes, layouts,
-epilogues, odd shapes, autograd, torch.compile, autocast, errors."""
+"""The fused op against the reference: values, gradients, dtypes, layouts, epilogues,
+odd shapes, views, NaN, autograd, opcheck, torch.compile, autocast, errors. A case that
+holds on both back ends takes the `device` fixture (tests/conftest.py) and runs on each;
+the "cuda" variants skip without a GPU. tests/test_cuda.py holds the CUDA-only cases."""
 import itertools
 
 import pytest
@@ -8,13 +10,19 @@ import torch
 import se_fused
 from se_fused import reference
 
-from .helpers import graph_capturing_backend, assert_close_scaled, TOL, make_inputs, run_both, assert_close_dtype
+from .conftest import ACTIVATIONS, DTYPES, EPILOGUES, GATES, LAYOUTS, per_device
+from .helpers import (TOL, assert_close_dtype, assert_close_scaled, assert_matches_reference,
+                      forward_backward, graph_capturing_backend, make_inputs, num_threads,
+                      run_both)
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-EPILOGUES = {"plain": (False, None), "residual": (True, None), "residual_relu": (True, "relu")}
-ACTIVATIONS = ["relu", "silu", "hardswish", "gelu"]
-GATES = ["sigmoid", "hardsigmoid"]
+
+def _shape_id(v):
+    return "x".join(map(str, v)) if isinstance(v, tuple) else None
+
+
+# (shape, R) of the sweep over every option: odd C and H*W for the CPU kernels' vector
+# tails; C = 24 and H*W = 64 for the 16-byte vector paths of both layouts on CUDA.
+SWEEP_SHAPE = {"cpu": ((3, 10, 5, 3), 4), "cuda": ((3, 24, 8, 8), 6)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -22,16 +30,15 @@ GATES = ["sigmoid", "hardsigmoid"]
 @pytest.mark.parametrize("activation,gate", list(itertools.product(ACTIVATIONS, GATES)))
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("epilogue", EPILOGUES)
-def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias, epilogue):
+def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias, epilogue,
+                                           device):
     residual, out_act = EPILOGUES[epilogue]
-    inputs = make_inputs((3, 10, 5, 3), 4, dtype, LAYOUTS[layout], bias=bias, residual=residual)
+    shape, R = SWEEP_SHAPE[device]
+    inputs = make_inputs(shape, R, dtype, LAYOUTS[layout], bias=bias, residual=residual,
+                         device=device)
     kw = dict(activation=activation, gate=gate, out_activation=out_act)
-    (y, grads), (y_ref, grads_ref) = run_both(inputs, kw)
-    assert y.dtype == dtype and y.shape == y_ref.shape
+    y, _ = assert_matches_reference(inputs, kw, dtype)
     assert y.stride() == inputs["x"].stride()
-    assert_close_dtype(y, y_ref, dtype)
-    for name in grads:
-        assert_close_dtype(grads[name], grads_ref[name], dtype, what=f"grad {name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -39,19 +46,16 @@ def test_forward_and_grads_match_reference(dtype, layout, activation, gate, bias
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("epilogue", EPILOGUES)
-def test_one_layer_form_matches_reference(dtype, layout, gate, bias, epilogue):
+def test_one_layer_form_matches_reference(dtype, layout, gate, bias, epilogue, device):
     """w2 = b2 = None, w1 (C, C): y = x * gate(W1 z + b1); no gradient for w2/b2."""
     residual, out_act = EPILOGUES[epilogue]
-    inputs = make_inputs((3, 10, 5, 3), None, dtype, LAYOUTS[layout], bias=bias,
-                         residual=residual, one_layer=True)
+    inputs = make_inputs(SWEEP_SHAPE[device][0], None, dtype, LAYOUTS[layout], bias=bias,
+                         residual=residual, one_layer=True, device=device)
     kw = dict(gate=gate, out_activation=out_act)
-    (y, grads), (y_ref, grads_ref) = run_both(inputs, kw)
-    assert y.dtype == dtype and y.stride() == inputs["x"].stride()
+    y, grads = assert_matches_reference(inputs, kw, dtype)
+    assert y.stride() == inputs["x"].stride()
     assert set(grads) == {"x", "w1"} | ({"b1"} if bias else set()) | (
         {"residual"} if residual else set())
-    assert_close_dtype(y, y_ref, dtype)
-    for name in grads:
-        assert_close_dtype(grads[name], grads_ref[name], dtype, what=f"grad {name}")
 
 
 def test_one_layer_form_is_the_gate_of_one_linear_layer():
@@ -67,17 +71,26 @@ def test_one_layer_form_is_the_gate_of_one_linear_layer():
             torch.testing.assert_close(y, expected, **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("N", [1, 5])
-@pytest.mark.parametrize("C", [1, 3, 100])
-@pytest.mark.parametrize("HW", [(1, 1), (7, 7), (3, 5)], ids=lambda s: f"{s[0]}x{s[1]}")
+ODD_SHAPES = {
+    "cpu": [(N, C, H, W) for N, C, (H, W) in itertools.product([1, 5], [1, 3, 100],
+                                                                [(1, 1), (7, 7), (3, 5)])],
+    "cuda": [(N, C, H, W)
+             for N, C, (H, W) in itertools.product([1, 3, 64], [3, 100],
+                                                    [(1, 1), (3, 5), (7, 7), (56, 56), (112, 112)])
+             if N * C * H * W <= 2 * 10**7],  # keeps the suite quick
+}
+
+
+@pytest.mark.parametrize("device,shape", per_device(ODD_SHAPES), ids=_shape_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_odd_shapes_match_reference(N, C, HW, layout):
-    inputs = make_inputs((N, C, *HW), max(1, C // 4), torch.float32, LAYOUTS[layout],
-                         residual=True)
-    (y, grads), (y_ref, grads_ref) = run_both(inputs, dict(activation="silu", out_activation="relu"))
-    assert_close_dtype(y, y_ref, torch.float32)
-    for name in grads:
-        assert_close_dtype(grads[name], grads_ref[name], torch.float32, what=f"grad {name}")
+def test_odd_shapes_match_reference(device, shape, layout):
+    # Odd C (no channels_last vectors), H*W rows that start off vector boundaries, tiny
+    # maps (packed several per warp on CUDA) and, on CUDA, large maps split over many
+    # blocks.
+    inputs = make_inputs(shape, max(1, shape[1] // 4), torch.float32, LAYOUTS[layout],
+                         residual=True, device=device)
+    assert_matches_reference(inputs, dict(activation="silu", out_activation="relu"),
+                             torch.float32)
 
 
 def test_large_sample_spans_several_groups_and_chunks():
@@ -95,15 +108,17 @@ def test_large_sample_spans_several_groups_and_chunks():
             assert_close_scaled(grads[name], grads_ref[name], torch.float32, what=name)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_float32_parameters_with_half_precision_x(dtype):
-    inputs = make_inputs((2, 16, 6, 6), 4, dtype, torch.channels_last, param_dtype=torch.float32)
-    (y, grads), (y_ref, grads_ref) = run_both(inputs, {})
-    assert y.dtype == dtype
-    assert grads["w1"].dtype == torch.float32 and grads["x"].dtype == dtype
-    assert_close_dtype(y, y_ref, dtype)
-    for name in grads:
-        assert_close_dtype(grads[name], grads_ref[name], dtype, what=name)
+@pytest.mark.parametrize("dtype,param_dtype", [
+    (torch.float16, torch.float32), (torch.bfloat16, torch.float32),
+    (torch.float32, torch.float16), (torch.float64, torch.float32), (torch.bfloat16, torch.bfloat16),
+], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_parameters_in_another_dtype_than_x_match_reference(dtype, param_dtype, layout, device):
+    inputs = make_inputs((2, 16, 6, 6), 4, dtype, LAYOUTS[layout], param_dtype=param_dtype,
+                         device=device)
+    _, grads = assert_matches_reference(inputs, dict(activation="silu"), dtype)
+    assert grads["x"].dtype == dtype
+    assert grads["w1"].dtype == param_dtype and grads["b2"].dtype == param_dtype
 
 
 def test_conv_shaped_weights_are_accepted_and_get_conv_shaped_grads():
@@ -127,28 +142,30 @@ def _grad_form_id(v):
     return v if isinstance(v, str) else ("one_layer" if v is True else "two_layers")
 
 
-def _gradcheck_args(shape, R, layout, one_layer, **kw):
-    inp = make_inputs(shape, R, torch.float64, layout, residual=True, one_layer=one_layer, **kw)
+def _gradcheck_args(shape, R, layout, one_layer, device):
+    inp = make_inputs(shape, R, torch.float64, layout, residual=True, one_layer=one_layer,
+                      device=device)
     return tuple(inp[k] for k in ("x", "w1", "b1", "w2", "b2", "residual"))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
-def test_gradcheck_every_input_float64(layout, activation, gate, one_layer):
+def test_gradcheck_every_input_float64(layout, activation, gate, one_layer, device):
     f = lambda x, w1, b1, w2, b2, r: se_fused.squeeze_excite(  # noqa: E731
         x, w1, b1, w2, b2, activation=activation, gate=gate, residual=r, out_activation="relu")
     assert torch.autograd.gradcheck(f, _gradcheck_args((2, 5, 3, 4), 3, LAYOUTS[layout],
-                                                       one_layer))
+                                                       one_layer, device))
 
 
 @pytest.mark.parametrize("out_activation", [None, "relu"])
 @pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
-def test_gradgradcheck_double_backward(out_activation, activation, gate, one_layer):
+def test_gradgradcheck_double_backward(out_activation, activation, gate, one_layer, device):
     f = lambda x, w1, b1, w2, b2, r: se_fused.squeeze_excite(  # noqa: E731
         x, w1, b1, w2, b2, activation=activation, gate=gate, residual=r,
         out_activation=out_activation)
     assert torch.autograd.gradgradcheck(f, _gradcheck_args((2, 4, 3, 3), 2,
-                                                           torch.contiguous_format, one_layer))
+                                                           torch.contiguous_format, one_layer,
+                                                           device))
 
 
 @pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
@@ -170,19 +187,17 @@ def test_differentiable_backward_agrees_with_fused_backward(activation, gate, on
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
-def opcheck_args(requires_grad):
-    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=requires_grad)
-    w1 = torch.randn(2, 8, dtype=torch.float64, requires_grad=requires_grad)
-    w2 = torch.randn(8, 2, dtype=torch.float64, requires_grad=requires_grad)
-    b1 = torch.randn(2, dtype=torch.float64, requires_grad=requires_grad)
-    return x, w1, b1, w2
+def _opcheck_args(requires_grad, device, fmt=torch.contiguous_format, one_layer=False):
+    """float64 x, w1, b1 and w2 (None in the one-layer form) on device."""
+    inp = make_inputs((2, 8, 3, 3), 2, torch.float64, fmt, device=device, one_layer=one_layer)
+    return tuple(None if inp[k] is None else inp[k].detach().requires_grad_(requires_grad)
+                 for k in ("x", "w1", "b1", "w2"))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("residual,out_act", [(False, "none"), (True, "relu")])
-def test_opcheck_forward_op(layout, residual, out_act):
-    x, w1, b1, w2 = opcheck_args(True)
-    x = x.detach().to(memory_format=LAYOUTS[layout]).requires_grad_()
+def test_opcheck_forward_op(layout, residual, out_act, device):
+    x, w1, b1, w2 = _opcheck_args(True, device, LAYOUTS[layout])
     r = torch.randn_like(x, requires_grad=True) if residual else None
     torch.library.opcheck(torch.ops.se_fused.se_forward.default,
                           (x, w1, b1, w2, None, r, "silu", "sigmoid", out_act))
@@ -190,30 +205,19 @@ def test_opcheck_forward_op(layout, residual, out_act):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("residual,out_act", [(False, "none"), (True, "relu")])
-def test_opcheck_forward_op_one_layer(layout, residual, out_act):
-    x = torch.randn(2, 8, 3, 3, dtype=torch.float64).to(memory_format=LAYOUTS[layout])
-    w1, b1 = torch.randn(8, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    r = torch.randn_like(x).requires_grad_() if residual else None
+def test_opcheck_forward_op_one_layer(layout, residual, out_act, device):
+    x, w1, b1, _ = _opcheck_args(True, device, LAYOUTS[layout], one_layer=True)
+    r = torch.randn_like(x, requires_grad=True) if residual else None
     torch.library.opcheck(torch.ops.se_fused.se_forward.default,
-                          (x.requires_grad_(), w1.requires_grad_(), b1.requires_grad_(), None,
-                           None, r, "relu", "hardsigmoid", out_act))
+                          (x, w1, b1, None, None, r, "relu", "hardsigmoid", out_act))
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_opcheck_backward_op_one_layer(masked):
-    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
-    w1, b1 = torch.randn(8, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, None, None, None, "relu", "sigmoid",
-                                              "relu" if masked else "none")
-    torch.library.opcheck(torch.ops.se_fused.se_backward.default,
-                          (torch.randn_like(x), x, z, y if masked else None, w1, b1, None, None,
-                           "relu", "sigmoid", masked, False, pre))
-
-
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("with_pre", [False, True])
-def test_opcheck_backward_op(masked, with_pre):
-    x, w1, b1, w2 = opcheck_args(False)
+@pytest.mark.parametrize("one_layer", [False, True], ids=["two_layers", "one_layer"])
+def test_opcheck_backward_op(layout, masked, with_pre, one_layer, device):
+    x, w1, b1, w2 = _opcheck_args(False, device, LAYOUTS[layout], one_layer=one_layer)
     y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, None, None, "relu", "sigmoid",
                                               "relu" if masked else "none")
     torch.library.opcheck(torch.ops.se_fused.se_backward.default,
@@ -222,8 +226,9 @@ def test_opcheck_backward_op(masked, with_pre):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
-    inp = make_inputs((4, 16, 7, 7), 4, torch.float32, LAYOUTS[layout], residual=True)
+def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout, device):
+    inp = make_inputs((4, 16, 7, 7), 4, torch.float32, LAYOUTS[layout], residual=True,
+                      device=device)
     kw = dict(activation="silu", gate="hardsigmoid", out_activation="relu")
     y_ref, grads_ref = _compiled_matches_reference_with_fused_ops(inp, kw)
 
@@ -233,6 +238,7 @@ def test_torch_compile_fullgraph_forward_backward_uses_fused_ops(layout):
     assert_close_dtype(y2, y_ref, torch.float32)
     for name in grads2:
         assert_close_dtype(grads2[name], grads_ref[name], torch.float32, what=name)
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("activation,one_layer", [("gelu", False), ("hardswish", False),
@@ -293,14 +299,10 @@ def test_results_do_not_depend_on_thread_count(layout, shape):
     # (8, 16, 32, 32) is scheduled one sample per thread when threads > 1 and in
     # cache-sized groups with one thread: both must give the same bits.
     inputs = make_inputs(shape, 4, torch.float32, LAYOUTS[layout], residual=True)
-    old = torch.get_num_threads()
     outs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with num_threads(threads):
             outs.append(run_both(inputs, dict(out_activation="relu"))[0])
-    finally:
-        torch.set_num_threads(old)
     for y, grads in outs[1:]:
         assert torch.equal(y, outs[0][0])
         for name in grads:
@@ -308,10 +310,11 @@ def test_results_do_not_depend_on_thread_count(layout, shape):
 
 
 @pytest.mark.parametrize("one_layer", [False, True], ids=["two_layers", "one_layer"])
-def test_empty_batch_returns_empty_and_zero_parameter_grads(one_layer):
-    inp = make_inputs((0, 6, 4, 4), 2, torch.float32, torch.channels_last, one_layer=one_layer)
+def test_empty_batch_returns_empty_and_zero_parameter_grads(one_layer, device):
+    inp = make_inputs((0, 6, 4, 4), 2, torch.float32, torch.channels_last, one_layer=one_layer,
+                      device=device)
     (y, grads), _ = run_both(inp, {})
-    assert y.shape == (0, 6, 4, 4)
+    assert y.shape == (0, 6, 4, 4) and y.device.type == device
     assert grads["x"].shape == (0, 6, 4, 4)
     assert torch.count_nonzero(grads["w1"]) == 0 and torch.count_nonzero(grads["b1"]) == 0
     if not one_layer:
@@ -326,25 +329,103 @@ def test_inputs_are_not_modified():
         assert torch.equal(inp[k].detach(), v), k
 
 
-def test_strided_and_offset_views_are_handled():
-    base = torch.randn(2 * 10 * 6 * 5 + 1, dtype=torch.float64)
-    x_offset = base[1:].view(2, 10, 6, 5)
-    x_sliced = torch.randn(2, 20, 6, 5, dtype=torch.float64)[:, ::2]
-    x_permuted = torch.randn(2, 6, 5, 10, dtype=torch.float64).permute(0, 3, 2, 1)
-    w1, w2 = torch.randn(3, 10, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
-    for x in (x_offset, x_sliced, x_permuted):
-        y = se_fused.squeeze_excite(x, w1, None, w2, None)
-        torch.testing.assert_close(y, reference.squeeze_excite(x, w1, None, w2, None),
-                                   **TOL[torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_strided_and_offset_views_match_reference(dtype, device):
+    # Neither layout dense: a storage offset, a channel stride of 2, a permutation, and a
+    # channel slice of a channels_last tensor.
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rnd(*s):
+        return torch.randn(*s, generator=g, device=device).to(dtype)
+
+    offset = rnd(2 * 10 * 6 * 5 + 1)[1:].view(2, 10, 6, 5)
+    sliced = rnd(2, 20, 6, 5)[:, ::2]
+    permuted = rnd(2, 6, 5, 10).permute(0, 3, 2, 1)
+    channel_slice = rnd(2, 10, 6, 5).contiguous(memory_format=torch.channels_last)[:, 1:9]
+    for x in (offset, sliced, permuted, channel_slice):
+        inputs = make_inputs(tuple(x.shape), 3, dtype, residual=True, device=device)
+        inputs["x"] = x.detach().requires_grad_()
+        assert_matches_reference(inputs, dict(out_activation="relu"), dtype)
 
 
-def test_residual_in_another_memory_format():
-    inp = make_inputs((2, 6, 4, 5), 2, torch.float64, torch.channels_last, residual=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_residual_in_another_memory_format(dtype, device):
+    inp = make_inputs((2, 16, 4, 5), 4, dtype, torch.channels_last, residual=True,
+                      device=device)
     inp["residual"] = inp["residual"].detach().contiguous().requires_grad_()
-    (y, grads), (y_ref, grads_ref) = run_both(inp, dict(out_activation="relu"))
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_close_dtype(y, y_ref, torch.float64)
-    assert_close_dtype(grads["residual"], grads_ref["residual"], torch.float64)
+    y, grads = assert_matches_reference(inp, dict(out_activation="relu"), dtype)
+    assert y.is_contiguous(memory_format=torch.channels_last) and "residual" in grads
+
+
+def test_non_contiguous_weights(device):
+    inputs = make_inputs((2, 12, 5, 5), 3, torch.float32, device=device)
+    w1 = torch.randn(12, 3, device=device).t().requires_grad_()  # (3, 12), transposed strides
+    inputs["w1"] = w1
+    assert_matches_reference(inputs, {}, torch.float32)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_stride_zero_grad_y_from_sum_backward(layout, device):
+    # y.sum().backward() hands the op an expanded (stride 0) grad_y
+    inputs = make_inputs((4, 96, 7, 7), 24, torch.bfloat16, LAYOUTS[layout], residual=True,
+                         device=device)
+    kw = dict(activation="silu", out_activation="relu")
+    args = [inputs[k] for k in ("x", "w1", "b1", "w2", "b2")]
+    grads = torch.autograd.grad(se_fused.squeeze_excite(*args, residual=inputs["residual"],
+                                                        **kw).sum(), args)
+    ref = torch.autograd.grad(reference.squeeze_excite(*args, residual=inputs["residual"],
+                                                       **kw).sum(), args)
+    for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), grads, ref):
+        assert_close_dtype(a, b, torch.bfloat16, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float64_sigmoid_gate_match_reference_to_1e_12(layout, device):
+    # a float32 accumulation anywhere would show at ~1e-7
+    inputs = make_inputs((3, 200, 9, 9), 50, torch.float64, LAYOUTS[layout], residual=True,
+                         device=device)
+    kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
+    y, grads = forward_backward(se_fused.squeeze_excite, inputs, kw)
+    y_ref, grads_ref = forward_backward(reference.squeeze_excite, inputs, kw)
+    tol = dict(atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(y, y_ref, **tol)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], **tol, msg=name)
+
+
+# --- the raw ops: in-place forward, y-only backward, backward without pre
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_in_place_forward_writes_y_over_x(layout, dtype, device):
+    inputs = make_inputs((8, 256, 14, 14), 16, dtype, LAYOUTS[layout], residual=True,
+                         device=device)
+    args = [inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")]
+    res = inputs["residual"].detach()
+    y, z, pre = torch.ops.se_fused.se_forward(*args, res, "relu", "sigmoid", "relu")
+    x = args[0].clone()
+    z2, pre2 = torch.ops.se_fused.se_forward_(x, *args[1:], res, "relu", "sigmoid", "relu")
+    assert torch.equal(x, y) and torch.equal(z2, z) and torch.equal(pre2, pre)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("gate", GATES)
+def test_y_only_backward_and_backward_without_pre_match_reference(layout, gate, device):
+    # x_is_output: the op is given y = x * s instead of x (no epilogue); from_x is
+    # called without pre, which the host then recomputes from z
+    inputs = make_inputs((6, 192, 14, 14), 48, torch.float32, LAYOUTS[layout], device=device)
+    x, w1, b1, w2, b2 = (inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))
+    ops = torch.ops.se_fused
+    y, z, pre = ops.se_forward(x, w1, b1, w2, b2, None, "silu", gate, "none")
+    gy = torch.randn_like(y)
+    from_y = ops.se_backward(gy, y, z, None, w1, b1, w2, b2, "silu", gate, False, True, pre)
+    from_x = ops.se_backward(gy, x, z, None, w1, b1, w2, b2, "silu", gate, False, False)
+    kw = dict(activation="silu", gate=gate)
+    _, ref = forward_backward(reference.squeeze_excite, inputs, kw, grad_y=gy)
+    for i, name in ((0, "x"), (2, "w1"), (3, "b1"), (4, "w2"), (5, "b2")):
+        assert_close_dtype(from_y[i], ref[name].to(from_y[i].dtype), torch.float32, f"grad {name}")
+        assert_close_dtype(from_x[i], ref[name].to(from_x[i].dtype), torch.float32, f"grad {name}")
 
 
 # --- errors: each names the offending argument
@@ -411,19 +492,27 @@ def test_reference_checks_the_one_layer_form_too():
         reference.squeeze_excite(a["x"], torch.randn(8, 8), None, None, a["b2"])
 
 
-def test_output_relu_propagates_nan_like_torch_relu():
-    x = torch.randn(1, 4, 3, 3)
-    x[0, 1, 1, 1] = float("nan")
-    w1, w2 = torch.randn(2, 4), torch.randn(4, 2)
-    r = torch.randn_like(x)
-    r[0, 2, 0, 0] = float("nan")
-    y = se_fused.squeeze_excite(x, w1, None, w2, None, residual=r, out_activation="relu")
-    y_ref = reference.squeeze_excite(x, w1, None, w2, None, residual=r, out_activation="relu")
-    torch.testing.assert_close(y, y_ref, equal_nan=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_nan_propagates_like_the_reference_and_torch_relu(layout, device):
+    # A NaN in x spreads over its sample only (through z and the small layers); a NaN
+    # in the residual passes the output relu as torch.relu lets it, at its own element.
+    inputs = make_inputs((3, 64, 7, 7), 16, torch.float32, LAYOUTS[layout], residual=True,
+                         device=device)
+    args = [inputs[k].detach() for k in ("x", "w1", "b1", "w2", "b2")]
+    r = inputs["residual"].detach()
+    args[0][1, 5, 3, 3] = float("nan")
+    r[0, 9, 2, 4] = float("nan")
+    kw = dict(activation="relu", residual=r, out_activation="relu")
+    y = se_fused.squeeze_excite(*args, **kw)
+    torch.testing.assert_close(y, reference.squeeze_excite(*args, **kw), equal_nan=True,
+                               **TOL[torch.float32])
+    assert torch.isnan(y[1]).all() and not torch.isnan(y[2]).any()
+    assert torch.isnan(y[0]).nonzero().tolist() == [[9, 2, 4]]
 
 
-def test_inference_path_matches_and_records_no_graph():
-    inp = make_inputs((2, 8, 5, 5), 2, torch.float32, torch.channels_last, residual=True)
+def test_inference_path_matches_and_records_no_graph(device):
+    inp = make_inputs((2, 8, 5, 5), 2, torch.float32, torch.channels_last, residual=True,
+                      device=device)
     args = [inp[k] for k in ("x", "w1", "b1", "w2", "b2")]
     kw = dict(residual=inp["residual"], out_activation="relu")
     expected = reference.squeeze_excite(*args, **kw).detach()
