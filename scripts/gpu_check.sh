@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check for a lent H100/H200 (DEVELOPERS.md, "The GPU"), in two modes:
 #
-#   scripts/gpu_check.sh --triage [OUT]   the first run, <= 6 minutes: build; the value
-#                                         tests of tests/test_cuda.py; memcheck on 10
+#   scripts/gpu_check.sh --triage [OUT]   the first run, <= 6 minutes: build; the CUDA
+#                                         value tests (CUDA_TESTS); memcheck on 10
 #                                         cases; a timing table of the model's falsifiable
 #                                         predictions (benchmarks/gpu_triage.py), printed last
-#   scripts/gpu_check.sh [OUT]            the full check, <= 9 minutes: build; the whole
-#                                         CUDA test file; memcheck, racecheck and synccheck,
+#   scripts/gpu_check.sh [OUT]            the full check, <= 9 minutes: build; every CUDA
+#                                         test (CUDA_TESTS); memcheck, racecheck and synccheck,
 #                                         each with its own budget; the benchmark (results
 #                                         JSON by bench_se.py into OUT); the memory benchmark
 #                                         if time is left
@@ -93,13 +93,17 @@ if $PY -c 'import pytest_timeout' 2>/dev/null; then
 else
   say "pytest-timeout not installed: no per-test time limit"
 fi
+# The CUDA tests: tests/test_cuda.py (CUDA only) and the "cuda" variants of the cases
+# that hold on both devices (tests/test_op.py, the device fixture of tests/conftest.py);
+# -k cuda keeps both (pytest matches the module's name too) and leaves the CPU variants.
+CUDA_TESTS=(tests/test_cuda.py tests/test_op.py)
 if [[ $GPU == 1 ]]; then
   if [[ $MODE == triage ]]; then
-    step tests-cuda "$(cap 90 130)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
-      -k "match_reference or bits or graph" ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
+    step tests-cuda "$(cap 90 130)" $PY -m pytest -v -rs -p no:cacheprovider "${CUDA_TESTS[@]}" \
+      -k "cuda and (match_reference or bits or graph)" ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
   else
-    step tests-cuda "$(cap 150 300)" $PY -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py \
-      ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
+    step tests-cuda "$(cap 150 300)" $PY -m pytest -v -rs -p no:cacheprovider "${CUDA_TESTS[@]}" \
+      -k cuda ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} --junitxml="$OUTDIR/junit.xml"
   fi
 else
   skip tests-cuda "$NO_GPU"
@@ -177,7 +181,7 @@ say "=== summary ($MODE, $(elapsed)s) ==="
 say "build:       ${STATUS[build]}"
 if [[ $GPU == 1 ]]; then
   say "CUDA tests:  $(count "$OUTDIR/junit.xml") (${STATUS[tests-cuda]})"
-  hung=$(awk '/^tests\/test_cuda.py::/ {last = $1} /Timeout/ {print last; exit}' "$LOG")
+  hung=$(awk '/^tests\/test_(cuda|op)\.py::/ {last = $1} /Timeout/ {print last; exit}' "$LOG")
   [[ -n "$hung" ]] && say "             timed out in or after: $hung"
 else
   say "CUDA tests:  ${STATUS[tests-cuda]}"

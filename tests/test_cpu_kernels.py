@@ -5,10 +5,10 @@ reference and with each other bit for bit where the kernels promise it."""
 import pytest
 import torch
 
-from .helpers import TOL, assert_close_dtype, make_inputs, run_both
+from .conftest import GATES, LAYOUTS
+from .helpers import TOL, assert_close_dtype, make_inputs, num_threads, run_both
 
 ops = torch.ops.se_fused
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _params(inputs):
@@ -30,12 +30,8 @@ def _forward_and_backward(inputs, act, gate, out_act, want_res, use_pre=True):
 
 
 def _with_threads(n, fn):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
+    with num_threads(n):
         return fn()
-    finally:
-        torch.set_num_threads(old)
 
 
 # (N, C, H, W), R: deep-stage-like rows (49 values), several groups per thread
@@ -203,7 +199,7 @@ def test_inplace_forward_gives_the_same_bits(layout, shape, dtype, residual, out
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("N", [1, 8])
-@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("act,one_layer", [("relu", False), ("gelu", False), ("relu", True)],
                          ids=["relu", "gelu", "one_layer"])
 def test_backward_from_y_matches_backward_from_x(layout, N, gate, act, one_layer):

@@ -19,12 +19,12 @@ from se_fused._names import ACTIVATIONS
 from se_fused.ops import _backward_composite
 
 from .cuda_emu import driver
+from .conftest import GATES, LAYOUTS
 from .helpers import TOL
 
 EMU = driver.load()
 pytestmark = pytest.mark.skipif(EMU is None, reason="no C++ compiler for the emulation")
 
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # 3 blocks resident, launch 2 one sample a block, and an L2 too small for x (launch 2
 # walks its tiles from the end)
 SMALL = dict(concurrency=3, samples2=1, l2_bytes=2)
@@ -300,7 +300,7 @@ def test_backward_without_pre_recomputes_it():
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("gate", GATES)
 def test_y_only_backward_matches_reference(layout, gate):
     # x_is_output: the kernels sum g*y and gate_input_grad recovers da2 from it
     d = make((4, 48, 6, 6), 12, torch.float32, LAYOUTS[layout])

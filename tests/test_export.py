@@ -30,12 +30,7 @@ OPS = {"se_forward": torch.ops.se_fused.se_forward.default,
        "se_forward_": torch.ops.se_fused.se_forward_.default}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _TinyNet(nn.Module):

@@ -15,14 +15,12 @@ import torch
 import se_fused
 from se_fused import FusedSEBlock, reference
 
+from .conftest import DTYPES, GATES, LAYOUTS
 from .helpers import graph_capturing_backend, TOL, assert_close_dtype, assert_close_scaled, make_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import shapes  # noqa: E402
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-GATES = ["sigmoid", "hardsigmoid"]
 PARAMS = ("x", "w1", "b1", "w2", "b2")
 
 

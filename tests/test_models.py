@@ -60,14 +60,7 @@ EXPECTED_KINDS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs: one intra-op thread is faster, and much faster on a busy machine
-    (OpenMP threads spinning against other processes made these tests 50x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x():

@@ -15,10 +15,9 @@ import se_fused
 from se_fused import FusedSEBlock, SEBlock
 from se_fused import reference
 
+from .conftest import ACTIVATIONS, GATES
 from .helpers import TOL
 
-ACTS = ["relu", "silu", "hardswish", "gelu"]
-GATES = ["sigmoid", "hardsigmoid"]
 N, C, H, W = 2, 16, 5, 4
 
 
@@ -127,7 +126,7 @@ def test_load_state_dict_both_ways():
 # --- numerics
 
 
-@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_seblock_matches_reference(activation, gate, bias):
@@ -140,7 +139,7 @@ def test_seblock_matches_reference(activation, gate, bias):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_matches_eager(dtype, channels_last, activation, gate, bias):

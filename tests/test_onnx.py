@@ -22,6 +22,7 @@ import torch.nn as nn
 import se_fused
 from se_fused import FusedSEBlock, replace_se_blocks
 
+from .conftest import ACTIVATIONS, GATES
 from .helpers import TOL
 
 onnx = pytest.importorskip("onnx")
@@ -39,17 +40,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The feature will be removed"),
     # as_matrix reads the weights' shapes, which the trace records as constants (they are)
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.usefixtures("one_thread"),  # small graphs
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small graphs: one intra-op thread, so that two cores shared with other jobs
-    are not oversubscribed by OpenMP spinning."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def export(model, args, exporter, *, opset=None, dynamic_batch=False, input_names=None,
@@ -169,8 +161,8 @@ class _AllOptions(nn.Module):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
-@pytest.mark.parametrize("activation", ["relu", "silu", "hardswish", "gelu"])
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_option_matches_onnxruntime(exporter, activation, gate):
     model = _AllOptions(activation, gate).eval()
     x, residual = _x((2, C, 5, 7), seed=1), _x((2, C, 5, 7), seed=2)
@@ -227,7 +219,7 @@ class _OneLayer(nn.Module):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("gate", GATES)
 def test_one_layer_form_matches_onnxruntime(exporter, gate):
     model = _OneLayer(gate).eval()
     x, residual = _x((2, C, 5, 7), seed=8), _x((2, C, 5, 7), seed=9)

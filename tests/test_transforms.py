@@ -11,6 +11,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 import se_fused
 from se_fused import reference
 
+from .conftest import LAYOUTS
 from .helpers import TOL
 
 DT = torch.float64
@@ -27,7 +28,6 @@ CONFIGS = {
     "one-layer": dict(one_layer=True),
     "one-layer-hardsigmoid-residual": dict(one_layer=True, gate="hardsigmoid", residual=True),
 }
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _inputs(config, layout=torch.contiguous_format, N=2, C=6, H=3, W=4, R=3, seed=0):

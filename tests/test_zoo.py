@@ -52,8 +52,9 @@ from se_fused import FusedSEBlock, replace_se_blocks
 
 tv = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
-# the same training step, and one intra-op thread (an autouse fixture) for small inputs
-from .test_models import _grads, _one_thread, _train_with_frozen_bn  # noqa: E402,F401
+from .test_models import _grads, _train_with_frozen_bn  # noqa: E402  (the same training step)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs
 
 SE_ARCHS = [
     # torchvision
