@@ -20,7 +20,7 @@ from se_fused.ops import _backward_composite
 
 from .cuda_emu import driver
 from .conftest import GATES, LAYOUTS
-from .helpers import TOL
+from .helpers import TOL, make_inputs
 
 EMU = driver.load()
 pytestmark = pytest.mark.skipif(EMU is None, reason="no C++ compiler for the emulation")
@@ -32,25 +32,15 @@ SMALL = dict(concurrency=3, samples2=1, l2_bytes=2)
 
 def make(shape, R, dtype, fmt=torch.contiguous_format, *, bias=True, residual=False, seed=0,
          one_layer=False):
-    """Inputs; one_layer: the effective-SE form (w1 is C x C, no w2, b2)."""
-    g = torch.Generator().manual_seed(seed)
-    N, C, H, W = shape
-    pdt = torch.float64 if dtype == torch.float64 else torch.float32
-
-    def rnd(*s, dt=pdt, scale=1.0):
-        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dt)
-
-    if one_layer:
-        R = C
-    return dict(
-        x=rnd(*shape, dt=dtype).contiguous(memory_format=fmt),
-        w1=rnd(R, C, scale=2.0 / max(C, 1) ** 0.5),
-        b1=rnd(R, scale=0.5) if bias else None,
-        w2=None if one_layer else rnd(C, R, scale=2.0 / max(R, 1) ** 0.5),
-        b2=rnd(C, scale=0.5) if bias and not one_layer else None,
-        residual=rnd(*shape, dt=dtype).contiguous(memory_format=fmt) if residual else None,
-        grad_y=rnd(*shape, dt=dtype).contiguous(memory_format=fmt),
-    )
+    """helpers.make_inputs without autograd, and a grad_y; one_layer: the effective-SE
+    form (w1 is C x C, no w2, b2)."""
+    d = {k: None if v is None else v.detach()
+         for k, v in make_inputs(shape, R, dtype, fmt, bias=bias, residual=residual, seed=seed,
+                                 one_layer=one_layer).items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    d["grad_y"] = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).contiguous(
+        memory_format=fmt)
+    return d
 
 
 def params(d):
