@@ -255,8 +255,9 @@ struct EmuArgs {
 };
 
 struct EmuPlan {
-  int64_t grid1, grid2, ws_size, n_counters, CTw, CTn, Tp, CG, CGn, NT, M2;
-  int32_t vec, keep, reverse, long_rows;
+  int64_t grid1, grid2, ws_size, n_counters, CTw, CTn, Tp, CG, CGn, NT, M2, CTw2, CTn2, Tp2,
+      grid0;
+  int32_t vec, keep, reverse, long_rows, stack2;
 };
 
 }  // extern "C"
@@ -353,25 +354,32 @@ extern "C" {
 // The plan the CUDA host code would make for this call (no kernel run).
 int se_emu_plan(const EmuArgs* a, EmuPlan* out) {
   const Plan p = plan_of(*a);
-  *out = EmuPlan{p.grid1, p.grid2, p.ws_size, p.n_counters, p.t.CTw, p.t.CTn, p.t.Tp, p.CG,
-                 p.CGn,   p.NT,    p.M2,      p.vec,        p.keep,  p.reverse, p.t.long_rows};
+  *out = EmuPlan{p.grid1,  p.grid2,   p.ws_size, p.n_counters, p.t.CTw,  p.t.CTn,
+                 p.t.Tp,   p.CG,      p.CGn,     p.NT,         p.M2,     p.t2.CTw,
+                 p.t2.CTn, p.t2.Tp,   p.grid0,   p.vec,        p.keep,   p.reverse,
+                 p.t.long_rows, p.stack2};
   return 0;
 }
 
 uint64_t se_emu_fastdiv(uint64_t a, uint64_t d) { return FastDiv::of(d).div(a); }
 
-// Runs the pass's two launches on host buffers (the counters zeroed before, the
-// workspace NaN-filled). 0 on success, else 1 and a message in err.
+// Runs the pass's three kernels (zero the counters, launch 1, launch 2) in order on
+// host buffers, the workspace NaN-filled and the counters poisoned (the zeroing
+// kernel must clear them). 0 on success, else 1 and a message in err.
 int se_emu_run(const EmuArgs* a, char* err, int errlen) {
   const Plan plan = plan_of(*a);
   const size_t acc = a->dtype == 3 ? 8 : 4;
   std::vector<unsigned char> ws(size_t(plan.ws_size) * acc + 16);
   std::memset(ws.data(), 0xff, ws.size());
-  std::vector<uint32_t> counters(size_t(std::max<int64_t>(plan.n_counters, 1)), 0u);
+  std::vector<uint32_t> counters(size_t(std::max<int64_t>(plan.n_counters, 1)), 0xdeadbeefu);
 
-  se_emu::Launch L1, L2;
+  se_emu::Launch L0, L1, L2;
+  add_regions(L0, a, ws, counters);
   add_regions(L1, a, ws, counters);
   add_regions(L2, a, ws, counters);
+  uint32_t* cp = counters.data();
+  const int64_t nc = plan.n_counters;
+  L0.body = [cp, nc]() { se_zero_kernel<uint32_t>(cp, nc); };
   void* wsp = ws.data();
   switch (a->dtype) {
     case 0: select_kernels<float>(L1, L2, *a, plan, wsp, counters.data()); break;
@@ -379,17 +387,17 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
     case 2: select_kernels<c10::BFloat16>(L1, L2, *a, plan, wsp, counters.data()); break;
     default: select_kernels<double>(L1, L2, *a, plan, wsp, counters.data()); break;
   }
-  const int64_t grids[2] = {plan.grid1, plan.grid2};
-  se_emu::Launch* launches[2] = {&L1, &L2};
-  for (int i = 0; i < 2; ++i) {
+  const int64_t grids[3] = {plan.grid0, plan.grid1, plan.grid2};
+  se_emu::Launch* launches[3] = {&L0, &L1, &L2};
+  for (int i = 0; i < 3; ++i) {
     se_emu::g = launches[i];
     const bool ok = se_emu::run_grid(*launches[i], grids[i], a->concurrency, a->seed + i);
     se_emu::g = nullptr;
     if (!ok) {
-      std::snprintf(err, size_t(errlen), "launch %d: %s", i + 1, launches[i]->error.c_str());
+      std::snprintf(err, size_t(errlen), "launch %d: %s", i, launches[i]->error.c_str());
       return 1;
     }
-    if (i == 0) {
+    if (i == 1) {
       // every tile counted in, so every finalizer ran exactly once
       const bool sample_stage = !(plan.backward && plan.one_layer);
       for (int64_t st = 0; st < plan.NST; ++st) {
