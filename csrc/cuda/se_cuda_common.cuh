@@ -99,6 +99,7 @@ SE_DEV Raw16 pack(const acc_t* in) {
 // registered buffers or a misaligned one.
 void emu_check_access(const void* p, int bytes, bool write);
 unsigned char* emu_block_shared(int bytes);
+void emu_grid_wait();  // marks the thread as past wait_prior_grid
 #endif
 
 // L2 policies of granule loads. Keep: launch 2 reads the data again (x, or grad_y
@@ -261,10 +262,12 @@ SE_DEV void prefetch_l2(const void* p, int64_t rows, int64_t bytes, int64_t ld) 
 // first access to anything the earlier kernel writes, every thread waits for it:
 // griddepcontrol.wait returns once the prerequisite grid has completed and its writes
 // are visible. Without a programmatic launch (SE_FUSED_CUDA_PDL=0, a GPU before sm_90)
-// both instructions are no-ops; so are they in the emulation, which runs the kernels
-// one after another.
+// both instructions are no-ops. The emulation runs the kernels one after another and
+// fails any access a kernel makes before its wait to what the kernel before it writes.
 SE_DEV void wait_prior_grid() {
-#if !defined(SE_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(SE_CUDA_EMULATION)
+  emu_grid_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }

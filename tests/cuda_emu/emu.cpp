@@ -25,6 +25,7 @@ struct Fiber {
   ucontext_t ctx;
   std::unique_ptr<char[]> stack;
   int tid = 0, slot = 0;
+  bool waited = false;  // the thread passed wait_prior_grid (griddepcontrol.wait)
   bool done = true;
 };
 
@@ -43,6 +44,7 @@ struct Region {
   const unsigned char *lo, *hi;
   bool writable;
   std::string name;
+  bool after_wait = false;  // written by the kernel before: only after wait_prior_grid
 };
 
 struct Launch {
@@ -56,6 +58,7 @@ struct Launch {
   bool failed = false;
   std::string error;
   std::vector<Region> regions;
+  bool writes_after_wait = false;  // no store before wait_prior_grid (launch 2: y may be x)
 };
 
 Launch* g = nullptr;
@@ -80,6 +83,7 @@ void start_block(Launch& L, int slot, int64_t index) {
   for (int t = 0; t < kThreads; ++t) {
     Fiber* f = L.fibers[size_t(slot) * kThreads + size_t(t)].get();
     f->done = false;
+    f->waited = false;
     getcontext(&f->ctx);
     f->ctx.uc_stack.ss_sp = f->stack.get();
     f->ctx.uc_stack.ss_size = kStackBytes;
@@ -211,12 +215,18 @@ void emu_check_access(const void* p, int bytes, bool write) {
   for (const auto& r : g->regions) {
     if (a >= r.lo && a + bytes <= r.hi) {
       if (write && !r.writable) se_emu::fail("write to read-only buffer " + r.name);
+      if ((r.after_wait || (write && g->writes_after_wait)) && !g->cur->waited) {
+        se_emu::fail(std::string(write ? "write to " : "read of ") + r.name +
+                     " before wait_prior_grid (programmatic dependent launch)");
+      }
       return;
     }
   }
   se_emu::fail(std::string(write ? "write" : "read") + " of " + std::to_string(bytes) +
                " bytes outside every buffer");
 }
+
+void emu_grid_wait() { se_emu::g->cur->waited = true; }
 
 unsigned char* emu_block_shared(int bytes) {
   auto& smem = se_emu::g->blocks[size_t(se_emu::g->cur->slot)].smem;
@@ -327,8 +337,13 @@ void select_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, co
   }
 }
 
+// The buffers kernel `k` of a pass may touch (0: the zeroing kernel, 1 and 2: the
+// launches). Under programmatic dependent launch, kernel k may run while kernel k - 1
+// still does: what k - 1 writes (launch 1: the counters; launch 2: the counters, the
+// workspace, and the forward's z and pre) is reachable only after wait_prior_grid,
+// and launch 2 stores nothing before it.
 void add_regions(se_emu::Launch& L, const EmuArgs* a, std::vector<unsigned char>& ws,
-                 std::vector<uint32_t>& counters) {
+                 std::vector<uint32_t>& counters, int k) {
   static const char* kNames[kSlots] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7",
                                        "t8", "t9", "w1", "b1", "w2", "b2", "t14", "t15"};
   for (int s = 0; s < kSlots; ++s) {
@@ -340,11 +355,13 @@ void add_regions(se_emu::Launch& L, const EmuArgs* a, std::vector<unsigned char>
       writable = s == kY || s == kZ || s == kPre || (s == kX && a->t[kX] == a->t[kY]);
     }
     const auto* lo = static_cast<const unsigned char*>(a->t[s]);
-    L.regions.push_back({lo, lo + a->bytes[s], writable, kNames[s]});
+    const bool from_launch_1 = !a->backward && (s == kZ || s == kPre);
+    L.regions.push_back({lo, lo + a->bytes[s], writable, kNames[s], k == 2 && from_launch_1});
   }
-  L.regions.push_back({ws.data(), ws.data() + ws.size(), true, "workspace"});
+  L.regions.push_back({ws.data(), ws.data() + ws.size(), true, "workspace", k == 2});
   const auto* c0 = reinterpret_cast<const unsigned char*>(counters.data());
-  L.regions.push_back({c0, c0 + counters.size() * 4, true, "counters"});
+  L.regions.push_back({c0, c0 + counters.size() * 4, true, "counters", k >= 1});
+  L.writes_after_wait = k == 2;
 }
 
 }  // namespace
@@ -374,9 +391,9 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
   std::vector<uint32_t> counters(size_t(std::max<int64_t>(plan.n_counters, 1)), 0xdeadbeefu);
 
   se_emu::Launch L0, L1, L2;
-  add_regions(L0, a, ws, counters);
-  add_regions(L1, a, ws, counters);
-  add_regions(L2, a, ws, counters);
+  add_regions(L0, a, ws, counters, 0);
+  add_regions(L1, a, ws, counters, 1);
+  add_regions(L2, a, ws, counters, 2);
   uint32_t* cp = counters.data();
   const int64_t nc = plan.n_counters;
   L0.body = [cp, nc]() { se_zero_kernel<uint32_t>(cp, nc); };
