@@ -9,8 +9,9 @@ For every GPU case of bench_se.py (its --full plan: batch 1 and the training bat
 NCHW and bf16/fp16 channels_last, the residual epilogue) and the forward and backward,
 it predicts the time of
 
-* fused: the v3 design (two launches per pass and a counter memset; no block waits on
-  another; dependencies through the kernel boundary or a last-arrival handoff),
+* fused: the v3 design (a kernel that zeroes the counters and two launches per pass,
+  chained by programmatic dependent launch; no block waits on another; dependencies
+  through the kernel boundary or a last-arrival handoff),
 * compile: the kernels torch.compile (Inductor) makes of se_fused.reference,
 * eager: the reference in eager mode (forward only),
 * v2: the old persistent ticket/wave schedule, coarsely (waves x excitation chain),
@@ -109,8 +110,9 @@ C: Dict[str, Const] = {
     "t_ramp": Const(1.5, "us", "estimate: a full-grid kernel's start (first loads from HBM, "
                     "~0.8 us latency) and its last wave's drain", True),
     "t_gap": Const(1.0, "us", "estimate: device-side gap between two dependent kernels in one "
-                   "stream (no programmatic dependent launch)", True),
-    "t_memset": Const(1.0, "us", "estimate: device time of cudaMemsetAsync on a few KB", True),
+                   "stream (no programmatic dependent launch: SE_FUSED_CUDA_PDL=0)", True),
+    "t_memset": Const(1.0, "us", "estimate: device time of the kernel that zeroes a few KB of "
+                      "counters (or of cudaMemsetAsync), start to end", True),
     "t_small_kernel": Const(2.0, "us", "estimate: a tiny Triton/ATen kernel (N x C or N x R "
                             "elements), start to end", True),
     "t_gemm_min": Const(4.0, "us", "review section 2: cuBLAS 'about 5-8 us each for these sizes', "
@@ -377,13 +379,17 @@ def samples_per_block(N: int, per_sample: int, most: int, slots: int, prologue: 
 
 
 def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]:
-    """The tiles of the v3 plan as built on branch cuda-v3 (csrc/cuda/plan.h, make_plan, at
-    9b0136f): launch 1 streams per-sample tiles (NCHW: a channel tile's span cut in parts
-    of L elements, 16 KB; channels_last: TC granule columns x 16*TP pixels); its
-    finalizers take sample tiles of NT <= 8 samples (4 for float64) x channel groups of
-    >= 64 channels; launch 2 takes M2 samples of one (channel tile, part), M2 from
-    samples_per_block with `slots` launch-2 blocks resident (SE_FUSED_CUDA_SAMPLES:
-    samples2). Returned as (K1 tile with CT = the finalizer's channel group, K2 tile)."""
+    """The tiles of the v3 plan (csrc/cuda/plan.h, make_plan): launch 1 streams per-sample
+    tiles (NCHW: a channel tile's span cut in parts of L elements, 16 KB; channels_last: TC
+    granule columns x 16*TP pixels); its finalizers take sample tiles of NT <= 8 samples
+    (4 for float64) x channel groups of >= 64 channels; launch 2 takes M2 samples of one
+    (channel tile, part), M2 from samples_per_block with `slots` launch-2 blocks resident
+    (SE_FUSED_CUDA_SAMPLES: samples2), except in the channels_last forward (plan.h t2):
+    channel tiles of max(2, 8 / V) granules (a channel per warp in forward_gates, whole
+    32-byte sectors; at most launch 1's TC), the samples stacked as rows of one tile of
+    16 * TP2 pixel rows (M2 = as many whole samples as fit, <= 8; a larger sample is cut
+    in parts of 16 * TP2 / M2 pixels). Returned as (K1 tile with CT = the finalizer's
+    channel group, K2 tile)."""
     esize, acc = s.esize, (8 if s.esize == 8 else 4)
     V = 16 // esize
     stage = 16 * 1024
@@ -410,9 +416,15 @@ def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]
     per_group = math.ceil(64 / CTw)
     CG, CGn = per_group * CTw, math.ceil(CTn / per_group)
     k1 = Tile(NT, min(CG, s.C), partials, s.N * CTn * Tp, CGn)
-    prologue = 0.5 * tile_ch * s.R * acc / max(1, 2 * tile_elems * esize)
-    M2 = (min(samples2, ms, s.N) if samples2 > 0
-          else samples_per_block(s.N, CTn * Tp, ms, slots, prologue))
+    if s.layout != "nchw" and s.pass_ == "forward":
+        TC2 = min(TC, max(2, 8 // V))
+        CTw, rows = TC2 * V, 16 * (256 // TC2)
+        M2 = min(ms, s.N, samples2 if samples2 > 0 else max(1, rows // s.HW))
+        CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / (rows // M2))
+    else:
+        prologue = 0.5 * tile_ch * s.R * acc / max(1, 2 * tile_elems * esize)
+        M2 = (min(samples2, ms, s.N) if samples2 > 0
+              else samples_per_block(s.N, CTn * Tp, ms, slots, prologue))
     k2 = Tile(M2, min(CTw, s.C), Tp, math.ceil(s.N / M2) * CTn * Tp, CTn)
     return k1, k2
 
@@ -439,23 +451,28 @@ def _best_tiles(s: Shape, gname: str, ahead: bool, _consts, _l2_bw) -> Tuple[Til
     return k1, k2
 
 
-def fused(case, g: GPU, pass_: str, pdl: bool = False, best: bool = False,
+def fused(case, g: GPU, pass_: str, pdl: bool = True, best: bool = False,
           samples2: int = 0, ahead: bool = False) -> Prediction:
-    """The v3 design: memset, K1, K2, with the plan's tiles. Variants: best, the tiles the
-    model itself predicts fastest; pdl, programmatic dependent launch and self-resetting
-    counters (no memset; K2's launch and ramp overlap K1's tail); ahead, the small layers'
-    loops with LOADS_AHEAD times the loads in flight; samples2, launch 2's samples per
-    block as SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
+    """The v3 design: a kernel that zeroes the counters, K1, K2, with the plan's tiles; K1
+    and K2 by programmatic dependent launch (kernel_launch.cuh): K1 starts once the zeroing
+    kernel has started and waits for it only before its first counter atomic, after its
+    tile (the zeroing kernel is hidden under K1's streaming), and K2's launch and ramp
+    overlap K1's tail. Variants: pdl=False, plain launches (SE_FUSED_CUDA_PDL=0, or a GPU
+    before sm_90): the zeroing kernel and K1, K2 one after the other with a gap each;
+    best, the tiles the model itself predicts fastest; ahead, the small layers' loops with
+    LOADS_AHEAD times the loads in flight; samples2, launch 2's samples per block as
+    SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
     s = _shape(case, pass_)
     t1, t2 = (best_tiles(s, g.name, ahead) if best
               else plan_tiles(s, launch2_slots(g), samples2))
     keep = const("l2_keep") * g.l2.value
     k1, hbm1, p1 = k1_cost(s, g, t1, ahead)
     k2, hbm2, p2 = k2_cost(s, g, t2, keep, ahead)
+    launches = 3  # the zeroing kernel, K1, K2: three launches from the host either way
     if pdl:
-        device, launches = k1 + k2 - const("t_ramp"), 2
+        device = k1 + k2 - const("t_ramp")
     else:
-        device, launches = const("t_memset") + const("t_gap") + k1 + const("t_gap") + k2, 3
+        device = const("t_memset") + const("t_gap") + k1 + const("t_gap") + k2
     host = const("host_fused_call") + launches * const("host_launch")
     if pass_ == "backward":
         host += const("host_autograd") + const("host_bwd_wrapper")
@@ -577,8 +594,8 @@ def floor_us(case, g: GPU, pass_: str) -> float:
 
 
 def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]:
-    """One dict per (case, gpu, pass); variants=False leaves out the PDL and best-tile
-    variants (their columns then repeat the default)."""
+    """One dict per (case, gpu, pass); variants=False leaves out the plain-launch, best-tile
+    and loads-ahead variants (their columns then repeat the default)."""
     out = []
     for case in cases if cases is not None else gpu_cases():
         for gname in gpus:
@@ -587,10 +604,10 @@ def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]
                 f, c = fused(case, g, pass_), compiled(case, g, pass_)
                 fp = fb = fa = fall = f
                 if variants:
-                    fp = fused(case, g, pass_, pdl=True)
+                    fp = fused(case, g, pass_, pdl=False)
                     fb = fused(case, g, pass_, best=True)
                     fa = fused(case, g, pass_, ahead=True)
-                    fall = fused(case, g, pass_, best=True, pdl=True, ahead=True)
+                    fall = fused(case, g, pass_, best=True, ahead=True)
                 fl = floor_us(case, g, pass_)
                 e = eager_forward(case, g) if pass_ == "forward" else None
                 t1, t2 = plan_tiles(_shape(case, pass_), launch2_slots(g))
@@ -602,7 +619,7 @@ def rows(cases=None, gpus=("H100", "H200"), variants: bool = True) -> List[dict]
                     "layout": case.layout, "residual": case.residual,
                     "fused_us": f.us, "compile_us": c.us, "floor_us": fl,
                     "eager_us": e.us if e else None, "v2_us": v2(case, g, pass_),
-                    "fused_pdl_us": fp.us, "fused_best_us": fb.us, "fused_ahead_us": fa.us,
+                    "fused_plain_us": fp.us, "fused_best_us": fb.us, "fused_ahead_us": fa.us,
                     "fused_all_us": fall.us,
                     "fused_device_us": f.device_us, "fused_host_us": f.host_us,
                     "compile_device_us": c.device_us, "compile_host_us": c.host_us,
@@ -628,9 +645,10 @@ def _geomean(v: List[float]) -> float:
     return math.exp(sum(math.log(x) for x in v) / len(v))
 
 
-VARIANTS = {"fused_us": "v3 as planned (default)", "fused_pdl_us": "+ PDL, no memset",
+VARIANTS = {"fused_us": "v3 as planned (default)",
+            "fused_plain_us": "plain launches (PDL off)",
             "fused_best_us": "the model's best tiles", "fused_ahead_us": "+ loads ahead",
-            "fused_all_us": "best tiles + ahead + PDL"}
+            "fused_all_us": "best tiles + ahead"}
 
 
 def check_targets(rs: List[dict], key: str = "fused_us") -> List[dict]:
@@ -751,7 +769,7 @@ def constants_table() -> List[str]:
 
 
 def table(rs: List[dict], markdown: bool = False) -> List[str]:
-    head = ("case", "gpu", "pass", "floor", "fused", "pdl", "best", "compile", "eager", "v2",
+    head = ("case", "gpu", "pass", "floor", "fused", "plain", "best", "compile", "eager", "v2",
             "%floor", "vs compile")
     lines = []
     if markdown:
@@ -763,7 +781,7 @@ def table(rs: List[dict], markdown: bool = False) -> List[str]:
     def num(v):
         return "-" if v is None else f"{v:.1f}"
     for r in rs:
-        cells = [num(r["floor_us"]), num(r["fused_us"]), num(r["fused_pdl_us"]),
+        cells = [num(r["floor_us"]), num(r["fused_us"]), num(r["fused_plain_us"]),
                  num(r["fused_best_us"]),
                  num(r["compile_us"]), num(r["eager_us"]), num(r["v2_us"]),
                  f"{r['pct_of_floor']:.0f}", f"{r['speedup_compile']:.2f}x"]
@@ -824,9 +842,10 @@ def main(argv=None) -> int:
         print("\n".join(constants_table()))
         return 0
     print("\n".join(table(rs, args.markdown)))
-    print("\ntimes in us; fused = v3 as planned on cuda-v3 (memset + 2 launches), pdl = the same "
-          "with programmatic dependent launch and self-resetting counters, best = the tiles the "
-          "model predicts fastest; a MODEL, not a measurement\n")
+    print("\ntimes in us; fused = v3 as planned (a counter-zeroing kernel + 2 launches chained "
+          "by programmatic dependent launch), plain = the same with plain launches "
+          "(SE_FUSED_CUDA_PDL=0), best = the tiles the model predicts fastest; a MODEL, not a "
+          "measurement\n")
     if rs and not args.filter:
         print("\n".join(report(rs)))
     elif rs:

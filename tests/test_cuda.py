@@ -346,6 +346,26 @@ def test_bits_do_not_depend_on_l2_plan_batching_or_alignment(layout, dtype, monk
         assert torch.equal(a, b), ("forward" if i < 3 else "backward", i, "misaligned")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bits_with_and_without_programmatic_dependent_launch(layout, monkeypatch):
+    # SE_FUSED_CUDA_PDL=0 launches the zeroing kernel, launch 1 and launch 2 plainly;
+    # the default chains them by programmatic dependent launch (sm_90+), each kernel
+    # waiting in its blocks for the one before. Same bits, forward and backward, also
+    # when the zeroing kernel's buffer served the previous call (repeats).
+    fmt = LAYOUTS[layout]
+    for shape, R, dtype in (((24, 320, 14, 14), 80, torch.bfloat16),
+                            ((3, 960, 7, 7), 240, torch.float32),
+                            ((64, 72, 28, 28), 24, torch.float16)):
+        inputs = cuda_inputs(shape, R, dtype, fmt, residual=True)
+        gy = torch.randn(*shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
+        with monkeypatch.context() as m:
+            m.setenv("SE_FUSED_CUDA_PDL", "0")
+            plain = _run_ops(inputs, gy)
+        for _ in range(3):
+            for i, (a, b) in enumerate(zip(_run_ops(inputs, gy), plain)):
+                assert torch.equal(a, b), ("forward" if i < 3 else "backward", i, shape)
+
+
 def test_bits_hold_over_repeats_and_concurrent_streams():
     # The last-arrival handoffs under load: repeated calls, and two calls on two
     # streams at once, give the bits of a lone call.

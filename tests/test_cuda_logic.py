@@ -95,7 +95,18 @@ def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
         assert p.CTw * H * W * esize % 16 == 0
     else:
         assert p.Tp == -(-(H * W) // (16 * 256 // (p.CTw * esize // 16)))  # 16 pixels a thread
-    assert p.M2 == min(N, 4 if dtype == torch.float64 else 8) and p.grid2 == -(-N // p.M2) * p.CTn * p.Tp
+    most = 4 if dtype == torch.float64 else 8
+    if cl:  # launch 2 of the forward: a channel per warp, whole 32-byte sectors, stacked samples
+        V = 16 // esize
+        rows = 16 * 256 // (p.CTw2 // V)  # pixel rows of a stacked tile, 16 a thread
+        assert p.stack2 and p.CTw2 == min(p.CTw, max(2, 8 // V) * V)
+        assert p.M2 == min(N, most, max(1, rows // (H * W)))
+        assert p.Tp2 == -(-(H * W) // (rows // p.M2)) and p.CTn2 == -(-C // p.CTw2)
+    else:
+        assert not p.stack2 and (p.CTw2, p.CTn2, p.Tp2) == (p.CTw, p.CTn, p.Tp)
+        assert p.M2 == min(N, most)
+    assert p.grid2 == -(-N // p.M2) * p.CTn2 * p.Tp2
+    assert p.grid0 == min(64, -(-p.n_counters // 256))
     assert p.keep and not p.reverse
     small = EMU.plan(shape, R, dtype, cl, l2_bytes=2)
     assert not small.keep and small.reverse and small.grid1 == p.grid1
@@ -103,6 +114,7 @@ def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
     for slots in (1, 7, 396):
         assert 1 <= EMU.plan(shape, R, dtype, cl, slots=slots).M2 <= p.M2
     bwd = EMU.plan(shape, R, dtype, cl, backward=True)
+    assert not bwd.stack2 and (bwd.CTw2, bwd.Tp2) == (bwd.CTw, bwd.Tp)
     assert bwd.grid2 == bwd.grid1 // N * -(-N // bwd.M2) + -(-R // 32) * -(-C // 32) + -(-C // 32)
 
 
@@ -188,6 +200,26 @@ def test_forward_matches_reference(case):
     shape, R, dtype, layout, residual, out_act, act, gate = case
     d = make(shape, R, dtype, LAYOUTS[layout], residual=residual)
     check_forward(d, dict(activation=act, gate=gate, out_activation=out_act), dtype, SMALL)
+
+
+@pytest.mark.parametrize("shape,dtype,samples2,parts", [
+    ((6, 40, 7, 7), torch.bfloat16, 0, 1),    # 6 samples of 49 pixels in one tile
+    ((3, 20, 8, 8), torch.float32, 0, 1),     # channel tiles of 2 granules, the last one short
+    ((5, 21, 6, 6), torch.float64, 0, 1),     # 4 samples a block at most
+    ((9, 40, 30, 30), torch.float16, 4, 2),   # 4 x 512 pixel rows: the last part is short
+    ((2, 64, 40, 40), torch.bfloat16, 0, 1),  # one sample a block
+], ids=str)
+def test_channels_last_forward_stacks_samples_in_narrow_launch_2_tiles(shape, dtype, samples2,
+                                                                      parts):
+    # launch 2 of the channels_last forward: a block streams the same part of all its
+    # samples as one tile; its granules cross from sample to sample
+    p = EMU.plan(shape, 4, dtype, True, samples2=samples2)
+    assert p.stack2 and p.Tp2 == parts and (p.M2 > 1) == (shape[0] > 2)
+    d = make(shape, 4, dtype, torch.channels_last, residual=True)
+    kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
+    y, _, _ = check_forward(d, kw, dtype, dict(concurrency=3, samples2=samples2, l2_bytes=2))
+    y1, _, _ = emu_forward(d, kw, concurrency=2, samples2=1, seed=5)
+    assert torch.equal(y, y1)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -1,4 +1,5 @@
-// The backward in two launches (plus the memset of the counters before them):
+// The backward in two launches (plus the kernel that zeroes the counters before them;
+// programmatic dependent launch as in forward_kernel.cuh):
 //   se_reduce_kernel: one block per streaming tile sums g*v (g masked by the
 //     output relu) into per-channel pieces; the last tile of a (sample tile,
 //     channel group) finalizes da2 and the group's share of dh; the last group of
@@ -67,8 +68,10 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
   const Plan& P = p.plan;
   const GradSource<T, acc_t, HasMask> src{p.gy, p.v, p.mask,
                                           l2_policy(P.keep ? L2Hint::Keep : L2Hint::Normal)};
+  allow_next_grid();
   int64_t n, ct;
   reduce_block_tile<CL, acc_t>(P, src, p.pieces, smem, &n, &ct);
+  wait_prior_grid();  // the counters
   last_arrivals(
       P, n, ct, p.counters, flag, !P.one_layer,
       [&](int64_t st, int64_t cg) {
@@ -85,17 +88,22 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
   const Plan& P = p.plan;
   if (int64_t(blockIdx.x) >= P.grid2_tiles) {
+    wait_prior_grid();  // da1, da2, h
     weight_grad_tile<acc_t>(P, p.ex, p.wg, int64_t(blockIdx.x) - P.grid2_tiles);
     return;
   }
   const ScaleBlock b(P);
-  const TileFrame<CL, V> f(P, b.n0, b.ct, b.part);
+  const TileFrame<CL, V> f(P, b.n0, b.ct, b.part, b.M);
   if (f.nch == 0) return;
+  // the W1 columns of the block's channels: parameters, written before the pass
+  prefetch_l2(p.layers.w1 + f.cb, P.R, f.nch * int64_t(sizeof(acc_t)),
+              P.C * int64_t(sizeof(acc_t)));
+  wait_prior_grid();  // da1
   acc_t* s_sm = reinterpret_cast<acc_t*>(smem);  // [M][nch]
   acc_t* d_sm = s_sm + b.M * f.nch;               // [M][nch]
   backward_consts<acc_t>(P, p.layers, p.ex, b.n0, b.M, f.cb, f.nch, s_sm, d_sm);
   __syncthreads();
-  for (int m = 0; m < b.M; ++m) {
+  for (int m = 0; m < b.passes(P); ++m) {
     map_tile<T, acc_t, CL, HasMask>(P, p.gy, p.mask, p.gx, p.gres, s_sm + m * f.nch,
                                     d_sm + m * f.nch, f, m * P.C * P.HW);
   }

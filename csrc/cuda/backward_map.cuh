@@ -59,7 +59,7 @@ SE_DEV void map_tile(const Plan& p, const T* gy, const T* mask, T* gx, T* gres, 
       if (HasMask) unpack<T, acc_t>(mr[k], m);
 #pragma unroll
       for (int e = 0; e < V; ++e) g[e] = masked(g[e], HasMask ? m[e] : acc_t(0));
-      f.channels(p, off, [&](int e, int ch) { o[e] = se_fma(g[e], sc[ch], dc[ch]); });
+      f.channels(p, k0 + k, [&](int e, int ch) { o[e] = se_fma(g[e], sc[ch], dc[ch]); });
       store16(xb + off, pack<T, acc_t>(o));
       if (rb != nullptr) store16(rb + off, pack<T, acc_t>(g));
     }

@@ -1,4 +1,5 @@
-// The forward in two launches (plus the memset of the counters before them):
+// The forward in two launches (plus the kernel that zeroes the counters before them;
+// kernel_launch.cuh chains the three with programmatic dependent launch):
 //   se_squeeze_kernel: one block per streaming tile sums x into per-channel
 //     pieces; the last tile of a (sample tile, channel group) finalizes z and the
 //     group's share of fc1; the last group of a sample tile finalizes a1 and h
@@ -7,6 +8,10 @@
 //     its pairs and writes y = x * s (+ residual) (relu). When x fits in L2, the
 //     first launch kept it there; otherwise this one walks its tiles from the end,
 //     where the first launch finished, so it re-reads what is still in L2 first.
+// Under programmatic dependent launch each kernel starts while the one before it
+// runs, and waits for it (wait_prior_grid: complete, its writes visible) before the
+// first access that depends on it: launch 1 before its first counter atomic (its tile
+// is x, written before the zeroing kernel started), launch 2 before it reads h.
 #pragma once
 
 #include "launch.h"
@@ -49,20 +54,23 @@ inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   return f;
 }
 
-// Launch 2's block: samples [n0, n0 + M) of one (channel tile, part), in reverse
-// order when the first launch could not keep the re-read tensors in L2.
+// Launch 2's block: samples [n0, n0 + M) of one (channel tile, part) of t2, in
+// reverse order when the first launch could not keep the re-read tensors in L2.
 struct ScaleBlock {
   int64_t n0, ct, part;
   int M;
   SE_DEV explicit ScaleBlock(const Plan& P) {
     int64_t b = blockIdx.x;
     if (P.reverse) b = P.grid2_tiles - 1 - b;
-    part = b % P.t.Tp;
-    const int64_t q = b / P.t.Tp;
-    ct = q % P.t.CTn;
-    n0 = (q / P.t.CTn) * P.M2;
+    part = b % P.t2.Tp;
+    const int64_t q = b / P.t2.Tp;
+    ct = q % P.t2.CTn;
+    n0 = (q / P.t2.CTn) * P.M2;
     M = int(P.samples_in(n0, P.M2));
   }
+  // Tiles streamed one after another: the block's samples, unless they are stacked
+  // into one tile.
+  SE_DEV int passes(const Plan& P) const { return P.stack2 ? 1 : M; }
 };
 
 template <typename T, bool CL>
@@ -73,8 +81,10 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
   volatile uint32_t* flag = reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes);
   const Plan& P = p.plan;
   const XSource<T, acc_t> src{p.x, l2_policy(P.keep ? L2Hint::Keep : L2Hint::Normal)};
+  allow_next_grid();
   int64_t n, ct;
   reduce_block_tile<CL, acc_t>(P, src, p.pieces, smem, &n, &ct);
+  wait_prior_grid();  // the counters
   last_arrivals(
       P, n, ct, p.counters, flag, true,
       [&](int64_t st, int64_t cg) {
@@ -91,12 +101,16 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
   const Plan& P = p.plan;
   const ScaleBlock b(P);
-  const TileFrame<CL, V> f(P, b.n0, b.ct, b.part);
+  const TileFrame<CL, V> f(P, b.n0, b.ct, b.part, b.M);
   if (f.nch == 0) return;  // an empty part of the last channel tile (whole block)
+  if (!p.layers.one_layer) {  // the W2 rows of the block's channels: written before the pass
+    prefetch_l2(p.layers.w2 + f.cb * P.R, 1, f.nch * P.R * int64_t(sizeof(acc_t)), 0);
+  }
+  wait_prior_grid();  // h
   acc_t* s_sm = reinterpret_cast<acc_t*>(smem);  // [M][nch]
   forward_gates<acc_t>(P, p.layers, p.ex, b.n0, b.M, f.cb, f.nch, f.own_from(P, b.part), s_sm);
   __syncthreads();
-  for (int m = 0; m < b.M; ++m) {
+  for (int m = 0; m < b.passes(P); ++m) {
     scale_tile<T, acc_t, CL, HasRes>(P, p.x, p.res, p.y, s_sm + m * f.nch, p.relu, f,
                                      m * P.C * P.HW);
   }

@@ -28,7 +28,8 @@ struct ForwardLaunch {
   int act, gate;
   bool relu;
   void* workspace;     // plan.ws_size accumulation-type elements
-  uint32_t* counters;  // plan.n_counters words, zero
+  uint32_t* counters;  // plan.n_counters words, any contents (the launcher zeroes them)
+  bool pdl;            // chain the pass's kernels by programmatic dependent launch
 };
 
 struct BackwardLaunch {
@@ -47,11 +48,12 @@ struct BackwardLaunch {
   bool from_y;
   void* workspace;
   uint32_t* counters;
+  bool pdl;
 };
 
 #if !defined(SE_CUDA_EMULATION)
 // One launcher per pass and dtype (forward_<dtype>.cu, backward_<dtype>.cu): the
-// pass's two kernels on `stream` (the counters were zeroed before, in the stream).
+// pass's kernels on `stream` (kernel_launch.cuh: zero the counters, launch 1, launch 2).
 using forward_launch_t = ForwardLaunch;
 using backward_launch_t = BackwardLaunch;
 #define SE_DECLARE_LAUNCHERS(PASS)                                                   \

@@ -37,6 +37,8 @@ constexpr int kPixelsPerThread = 16;
 constexpr int kMaxGroupChannels = 256;
 // Weight-gradient tiles: 32 x 32 outputs, 4 per thread.
 constexpr int kGradTile = 32;
+// Blocks of the kernel that zeroes the counters, at most (a grid-stride loop).
+constexpr int kZeroBlocks = 64;
 
 SE_HOST_DEV int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 SE_HOST_DEV int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -88,7 +90,8 @@ inline int64_t pow2_floor(int64_t v) {
 }
 
 // A streaming tile is (sample n, channel tile ct, part): CTn channel tiles of CTw
-// channels, Tp parts each.
+// channels, Tp parts each. Launch 1 streams these tiles; launch 2 the same, except in
+// the channels_last forward (Plan::t2).
 //   NCHW: channel tile ct is the contiguous span of its channels' rows; parts are
 //   pieces of L elements of it (rows may cross parts; the last channel tile may
 //   have fewer parts, the rest are empty tiles).
@@ -114,14 +117,20 @@ struct Plan {
   bool vec = false;   // 16-byte granules; else element by element (same sums)
   bool keep = false;  // launch 1 keeps the re-read tensors in L2 (they fit)
   bool reverse = false;  // launch 2 walks its tiles from the end (what launch 1 left in L2)
-  Tiles t;
+  Tiles t;   // launch 1's tiles
+  // Launch 2's tiles: t, except in the channels_last forward, where they are narrower
+  // (every block computes the gates of its channels first: a warp per channel) and
+  // stacked: a block streams the PT pixels of its part of all its M2 samples as one
+  // tile of M2 * PT pixel rows, at most kPixelsPerThread * TP of them.
+  Tiles t2;
+  bool stack2 = false;
   double inv_hw = 1.0;
   // Finalizer groups: sample tiles of NT samples x channel groups of CG channels
   // (whole channel tiles, cts_per_group of them).
   int64_t NT = 1, NST = 1, CG = 1, CGn = 1, cts_per_group = 1;
-  // Launch 2: blocks of M2 samples of one (channel tile, part).
+  // Launch 2: blocks of M2 samples of one (channel tile, part) of t2.
   int64_t M2 = 1, NS2 = 1;
-  int64_t grid1 = 0, grid2_tiles = 0, n_gw1 = 0, n_gw2 = 0, grid2 = 0;
+  int64_t grid0 = 0, grid1 = 0, grid2_tiles = 0, n_gw1 = 0, n_gw2 = 0, grid2 = 0;
   // counters (uint32): per (sample tile, channel group), then per sample tile
   int64_t cnt_group = 0, cnt_sample = 0, n_counters = 0;
   // workspace offsets (acc_t elements)
@@ -129,6 +138,7 @@ struct Plan {
           ws_size = 0;
 
   SE_HOST_DEV int64_t per_sample() const { return t.CTn * t.Tp; }
+  SE_HOST_DEV int64_t per_sample2() const { return t2.CTn * t2.Tp; }
   // Launch 1 block -> (n, ct, part).
   SE_HOST_DEV void tile_of(int64_t b, int64_t* n, int64_t* ct, int64_t* part) const {
     *part = b % t.Tp;
@@ -223,18 +233,36 @@ inline Plan make_plan(const PlanInput& in) {
   p.cts_per_group = ceil_div(64, t.CTw);
   p.CG = p.cts_per_group * t.CTw;
   p.CGn = ceil_div(t.CTn, p.cts_per_group);
-  // launch 2's prologue (weights of a tile's channels) against a tile's streamed bytes
-  // (read and write; a third stream with a residual or mask is left out)
-  const int64_t tile_elems = p.cl ? t.CTw * imin(t.PT, in.HW) : imin(t.L, t.CTw * in.HW);
-  const int64_t tile_ch = p.cl ? imin(t.CTw, in.C) : imin(t.CTw, ceil_div(t.L, in.HW) + 1);
-  const double prologue = 0.5 * double(tile_ch * in.R * p.acc_size) /
-                          double(imax(1, 2 * tile_elems * in.esize));
-  p.M2 = in.samples2 > 0 ? imin(imin(in.samples2, ms), p.N)
-                         : samples_per_block(p.N, p.per_sample(), ms, in.slots, prologue);
+  p.t2 = t;
+  p.stack2 = p.cl && !p.backward;
+  if (p.stack2) {
+    // forward_gates takes a warp per channel, so a block's prologue lasts as long as its
+    // channels per warp: one (kWarps channels), but whole 32-byte sectors (2 granules),
+    // and no wider than launch 1's tile. The samples fill the tile's rows (up to the
+    // most the gates' registers hold); a sample larger than the tile is cut in parts.
+    Tiles& u = p.t2;
+    u.TC = int(imin(t.TC, imax(2, kWarps / V)));
+    u.TP = kThreads / u.TC;
+    u.CTw = int64_t(u.TC) * V;
+    u.CTn = ceil_div(in.C, u.CTw);
+    const int64_t rows = int64_t(kPixelsPerThread) * u.TP;
+    p.M2 = imin(imin(ms, p.N), in.samples2 > 0 ? in.samples2 : imax(1, rows / in.HW));
+    u.PT = rows / p.M2;
+    u.Tp = ceil_div(in.HW, u.PT);
+  } else {
+    // launch 2's prologue (weights of a tile's channels) against a tile's streamed bytes
+    // (read and write; a third stream with a residual or mask is left out)
+    const int64_t tile_elems = p.cl ? t.CTw * imin(t.PT, in.HW) : imin(t.L, t.CTw * in.HW);
+    const int64_t tile_ch = p.cl ? imin(t.CTw, in.C) : imin(t.CTw, ceil_div(t.L, in.HW) + 1);
+    const double prologue = 0.5 * double(tile_ch * in.R * p.acc_size) /
+                            double(imax(1, 2 * tile_elems * in.esize));
+    p.M2 = in.samples2 > 0 ? imin(imin(in.samples2, ms), p.N)
+                           : samples_per_block(p.N, p.per_sample(), ms, in.slots, prologue);
+  }
   p.NS2 = ceil_div(p.N, p.M2);
 
   p.grid1 = p.N * p.per_sample();
-  p.grid2_tiles = p.NS2 * p.per_sample();
+  p.grid2_tiles = p.NS2 * p.per_sample2();
   if (p.backward) {
     p.n_gw1 = ceil_div(p.R, kGradTile) * ceil_div(p.C, kGradTile);
     // gb2 comes from these tiles, so there is at least one column of them even for R = 0.
@@ -245,6 +273,7 @@ inline Plan make_plan(const PlanInput& in) {
   p.cnt_group = 0;
   p.cnt_sample = p.NST * p.CGn;
   p.n_counters = p.cnt_sample + p.NST;
+  p.grid0 = imin(ceil_div(p.n_counters, kThreads), kZeroBlocks);
 
   const int64_t N = p.N, C = p.C, R = p.R;
   int64_t o = 0;

@@ -48,10 +48,12 @@ SE_DEV void for_granule_channels(const Plan& p, const NchwTile& tl, int off, con
   }
 }
 
-// Where a thread's granules of an elementwise tile are, in both layouts. NCHW:
-// granule tx + 256 k of the tile's span; channels_last: granule tx of pixel rows
-// ty + TP k of the tile's PT x CT block. Constants (s, dz/HW) are indexed by the
-// channel relative to the tile's first (`c_src` is that channel's n*C + c).
+// Where a thread's granules of an elementwise tile of launch 2 (plan.h t2) are, in
+// both layouts. NCHW: granule tx + 256 k of the tile's span; channels_last: granule tx
+// of pixel rows ty + TP k of the tile's rows, which are the PT-pixel parts of `M`
+// samples one after another (stacked; M = 1 otherwise). Constants (s, dz/HW) are
+// indexed by the channel relative to the tile's first, plus nch times the sample of a
+// stacked tile.
 template <bool CL, int V>
 struct TileFrame {
   NchwTile tl;
@@ -59,9 +61,12 @@ struct TileFrame {
   int64_t cb;     // the tile's first channel
   int rows, row, nch;
   int tx, ty, per_row;
+  int M;          // channels_last: samples stacked in the tile
 
-  SE_DEV TileFrame(const Plan& p, int64_t n, int64_t ct, int64_t part) {
-    const Tiles& t = p.t;
+  // stacked: the block's samples (used where the plan stacks them)
+  SE_DEV TileFrame(const Plan& p, int64_t n, int64_t ct, int64_t part, int stacked) {
+    const Tiles& t = p.t2;
+    M = 1;
     if constexpr (!CL) {
       tl = nchw_tile(p, n, ct, part);
       base = tl.base;
@@ -73,6 +78,7 @@ struct TileFrame {
       ty = 0;
     } else {
       const int64_t c0 = ct * t.CTw, p0 = part * t.PT;
+      M = p.stack2 ? stacked : 1;
       rows = int(imin(t.PT, p.HW - p0));
       row = nch = int(imin(t.CTw, p.C - c0));
       base = (n * p.HW + p0) * p.C + c0;
@@ -88,33 +94,40 @@ struct TileFrame {
     if constexpr (CL) return part == 0 ? 0 : nch;
     return int64_t(tl.c_first) * p.HW < tl.e0 ? 1 : 0;
   }
+  // channels_last: the sample (within the stack) of tile row j.
+  SE_DEV int sample_of(int j) const { return M > 1 ? j / rows : 0; }
   // Element offset (from base) of this thread's k-th granule, and whether it exists.
   SE_DEV int64_t offset(const Plan& p, int k) const {
-    if constexpr (CL) return int64_t(ty + k * p.t.TP) * p.C + tx * V;
+    if constexpr (CL) {
+      const int j = ty + k * p.t2.TP, m = sample_of(j);
+      return int64_t(m) * p.C * p.HW + int64_t(j - m * rows) * p.C + tx * V;
+    }
     return int64_t(tx + k * kThreads) * V;
   }
   SE_DEV bool valid(const Plan& p, int k) const {
-    if constexpr (CL) return tx < per_row && ty + k * p.t.TP < rows;
+    if constexpr (CL) return tx < per_row && ty + k * p.t2.TP < M * rows;
     return tx + k * kThreads < per_row;
   }
-  // f(e, ch) for the V elements of the granule at `offset`.
+  // f(e, ch) for the V elements of the thread's k-th granule.
   template <typename F>
-  SE_DEV void channels(const Plan& p, int64_t offset, const F& f) const {
+  SE_DEV void channels(const Plan& p, int k, const F& f) const {
     if constexpr (CL) {
+      const int c0 = sample_of(ty + k * p.t2.TP) * nch + tx * V;
 #pragma unroll
-      for (int e = 0; e < V; ++e) f(e, tx * V + e);
+      for (int e = 0; e < V; ++e) f(e, c0 + e);
     } else {
-      for_granule_channels<V>(p, tl, int(offset), f);
+      for_granule_channels<V>(p, tl, int(offset(p, k)), f);
     }
   }
   // Element i of the tile in element order (paths without granules): its offset
-  // from base and its channel. These divide per element; only fallbacks use them.
-  SE_DEV int count() const { return rows * row; }
+  // from base and its constant's index. These divide per element; only fallbacks use
+  // them.
+  SE_DEV int count() const { return M * rows * row; }
   SE_DEV void element(const Plan& p, int i, int64_t* off, int* ch) const {
     if constexpr (CL) {
-      const int px = i / nch;
-      *ch = i - px * nch;
-      *off = int64_t(px) * p.C + *ch;
+      const int j = i / nch, c = i - j * nch, m = sample_of(j);
+      *off = int64_t(m) * p.C * p.HW + int64_t(j - m * rows) * p.C + c;
+      *ch = m * nch + c;
     } else {
       const int64_t q = tl.e0 - int64_t(tl.c_first) * p.HW + i;
       *off = i;
@@ -124,7 +137,8 @@ struct TileFrame {
 };
 
 // The scale of tile f moved by `shift` elements (to another sample of the block);
-// sc[ch] is s of the tile's channel cb + ch.
+// sc[ch] is s at the index f.channels gives (the tile's channel cb + ch of a
+// per-sample tile).
 template <typename T, typename acc_t, bool CL, bool HasRes>
 SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_t* sc, bool relu,
                        const TileFrame<CL, Width<T>::value>& f, int64_t shift) {
@@ -172,7 +186,7 @@ SE_DEV void scale_tile(const Plan& p, const T* x, const T* res, T* y, const acc_
       acc_t xv[V], rv[V], o[V];
       unpack<T, acc_t>(xr[k], xv);
       if (HasRes) unpack<T, acc_t>(rr[k], rv);
-      f.channels(p, off, [&](int e, int ch) {
+      f.channels(p, k0 + k, [&](int e, int ch) {
         o[e] = out(xv[e], sc[ch], HasRes ? rv[e] : acc_t(0));
       });
       store16(yb + off, pack<T, acc_t>(o));

@@ -99,6 +99,7 @@ SE_DEV Raw16 pack(const acc_t* in) {
 // registered buffers or a misaligned one.
 void emu_check_access(const void* p, int bytes, bool write);
 unsigned char* emu_block_shared(int bytes);
+void emu_grid_wait();  // marks the thread as past wait_prior_grid
 #endif
 
 // L2 policies of granule loads. Keep: launch 2 reads the data again (x, or grad_y
@@ -240,11 +241,50 @@ SE_DEV T se_mul(T a, T b) {
 #endif
 }
 
+// L2 prefetch of `rows` spans of `bytes` bytes, `ld` bytes apart, by the whole block:
+// one hint per 128-byte line (a span's first address, then every 128 bytes on).
+SE_DEV void prefetch_l2(const void* p, int64_t rows, int64_t bytes, int64_t ld) {
+  const int64_t lines = (bytes + 127) / 128;
+  for (int64_t i = threadIdx.x; i < rows * lines; i += kThreads) {
+    const int64_t r = i / lines;
+    const unsigned char* a = static_cast<const unsigned char*>(p) + r * ld + (i - r * lines) * 128;
+#if defined(SE_CUDA_EMULATION)
+    emu_check_access(a, 1, false);
+#else
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+#endif
+  }
+}
+
+// ---- programmatic dependent launch ----------------------------------------------
+// Each kernel of a pass is launched with programmatic stream serialization after the
+// one before it (kernel_launch.cuh), so it may start while that one runs. Before its
+// first access to anything the earlier kernel writes, every thread waits for it:
+// griddepcontrol.wait returns once the prerequisite grid has completed and its writes
+// are visible. Without a programmatic launch (SE_FUSED_CUDA_PDL=0, a GPU before sm_90)
+// both instructions are no-ops. The emulation runs the kernels one after another and
+// fails any access a kernel makes before its wait to what the kernel before it writes.
+SE_DEV void wait_prior_grid() {
+#if defined(SE_CUDA_EMULATION)
+  emu_grid_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel in the stream be scheduled once every block of this one has
+// called it (or exited): its blocks then fill the SMs this grid's last blocks leave.
+SE_DEV void allow_next_grid() {
+#if !defined(SE_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // ---- last-arrival handoff ------------------------------------------------------
 // No block ever waits for another. A block that produced partial results counts
 // itself in at a counter (release: its writes before the count); the one that
 // arrives last (acquire: everyone's writes) does the dependent work. Counters are
-// zeroed by a memset in the stream before every launch 1.
+// per call and zeroed by se_zero_kernel in the stream before every launch 1.
 
 SE_DEV uint32_t atomic_add_u32(uint32_t* p, uint32_t v) {
 #if defined(SE_CUDA_EMULATION)
@@ -255,6 +295,18 @@ SE_DEV uint32_t atomic_add_u32(uint32_t* p, uint32_t v) {
 #else
   return atomicAdd(p, v);
 #endif
+}
+
+// The counters of one call, zeroed. Launched plainly (it follows all earlier work in
+// the stream, which the per-call counter buffer may have served), and at once lets
+// launch 1 start: launch 1 waits for it before its first atomic.
+template <typename W>
+__global__ void __launch_bounds__(kThreads) se_zero_kernel(W* words, int64_t n) {
+  allow_next_grid();
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kThreads) {
+    store1(words + i, W(0));
+  }
 }
 
 SE_DEV void fence_acq_rel_gpu() {

@@ -1,9 +1,12 @@
 // The CUDA entry points of the se_fused ops: argument checks and buffers
 // (se_checks.cpp, se_buffers.cpp), the plan of the call (plan.h), then per pass
-//   1. a memset of the plan's counters (last-arrival counts): zeroed in the stream
-//      on every call, so a CUDA graph replays it too and no state survives a call;
+// (kernel_launch.cuh)
+//   1. a kernel that zeroes the plan's counters (last-arrival counts), a fresh buffer
+//      of the call: zeroed in the stream on every call, so a CUDA graph replays it too,
+//      and no state survives a call (an aborted call leaves nothing behind);
 //   2. launch 1 (squeeze / reduce, with the small layers' finalizers);
-//   3. launch 2 (scale / map, with the weight gradients in the backward).
+//   3. launch 2 (scale / map, with the weight gradients in the backward);
+// 2 and 3 by programmatic dependent launch where the GPU has it (sm_90+).
 // No block waits for another, nothing synchronizes with the host. Parameters not
 // already in the accumulation dtype are converted by prepare_forward /
 // prepare_backward (one cast kernel each, as for the CPU).
@@ -56,11 +59,19 @@ const void* ptr_or_null(const at::Tensor& t) {
 //     whether the re-read tensors fit decides the L2 policy of launch 1 and the
 //     tile order of launch 2.
 //   SE_FUSED_CUDA_SAMPLES: samples per block of launch 2 (at most 8, 4 for float64;
-//     default: chosen from the SM count, plan.h samples_per_block); fewer means
-//     more blocks, each recomputing s for its pairs.
+//     default: plan.h, from the tile's rows or the SM count); fewer means more
+//     blocks, each recomputing s for its pairs.
+//   SE_FUSED_CUDA_PDL: 0 launches the pass's kernels plainly, one after the other;
+//     default 1: launches 1 and 2 by programmatic dependent launch on sm_90+ GPUs
+//     (each starts while the kernel before it finishes and waits for it in the kernel).
 int64_t env_int(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr ? std::atoll(v) : 0;
+}
+
+bool pdl_wanted() {
+  const char* v = std::getenv("SE_FUSED_CUDA_PDL");
+  return v == nullptr || std::atoll(v) != 0;
 }
 
 int64_t l2_bytes(int device) {
@@ -109,7 +120,7 @@ cuda::Plan plan_call(const SEArgs& a, bool backward, int esize, bool aligned,
   return p;
 }
 
-// What both passes' launches share: parameters, workspace, zeroed counters.
+// What both passes' launches share: parameters, workspace, counters, the PDL knob.
 template <typename Launch>
 void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const ParamTensors& p,
                  at::ScalarType dtype, const at::Tensor& work, const at::Tensor& counters) {
@@ -123,10 +134,12 @@ void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const Param
   l.gate = int(a.gate);
   l.workspace = work.data_ptr();
   l.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int>());
+  l.pdl = pdl_wanted();
 }
 
-at::Tensor zeroed_counters(const cuda::Plan& p, const at::Tensor& like) {
-  return at::zeros({std::max<int64_t>(p.n_counters, 1)}, like.options().dtype(at::kInt));
+// The call's counters; the launcher's first kernel zeroes them.
+at::Tensor counter_buffer(const cuda::Plan& p, const at::Tensor& like) {
+  return at::empty({std::max<int64_t>(p.n_counters, 1)}, like.options().dtype(at::kInt));
 }
 
 // The launcher of the call's dtype (launchers in DType order), on the current stream.
@@ -178,7 +191,7 @@ ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
   const cuda::Plan plan =
       plan_call(a, false, int(x.element_size()), aligned, bytes_of(c.x), x.get_device());
   const at::Tensor work = at::empty({plan.ws_size}, c.z.options());
-  const at::Tensor counters = zeroed_counters(plan, x);
+  const at::Tensor counters = counter_buffer(plan, x);
 
   cuda::ForwardLaunch l{};
   fill_common(l, plan, a, c.p, x.scalar_type(), work, counters);
@@ -214,7 +227,7 @@ se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor
                                     bytes_of(c.gy) + bytes_of(c.y), x.get_device());
   const at::Tensor pre_values = c.pre.defined() ? c.pre : pre_from_z(a, c.z, c.p);
   const at::Tensor work = at::empty({plan.ws_size}, c.gw1.options());
-  const at::Tensor counters = zeroed_counters(plan, x);
+  const at::Tensor counters = counter_buffer(plan, x);
 
   cuda::BackwardLaunch l{};
   fill_common(l, plan, a, c.p, x.scalar_type(), work, counters);

@@ -25,6 +25,7 @@ struct Fiber {
   ucontext_t ctx;
   std::unique_ptr<char[]> stack;
   int tid = 0, slot = 0;
+  bool waited = false;  // the thread passed wait_prior_grid (griddepcontrol.wait)
   bool done = true;
 };
 
@@ -43,6 +44,7 @@ struct Region {
   const unsigned char *lo, *hi;
   bool writable;
   std::string name;
+  bool after_wait = false;  // written by the kernel before: only after wait_prior_grid
 };
 
 struct Launch {
@@ -56,6 +58,7 @@ struct Launch {
   bool failed = false;
   std::string error;
   std::vector<Region> regions;
+  bool writes_after_wait = false;  // no store before wait_prior_grid (launch 2: y may be x)
 };
 
 Launch* g = nullptr;
@@ -80,6 +83,7 @@ void start_block(Launch& L, int slot, int64_t index) {
   for (int t = 0; t < kThreads; ++t) {
     Fiber* f = L.fibers[size_t(slot) * kThreads + size_t(t)].get();
     f->done = false;
+    f->waited = false;
     getcontext(&f->ctx);
     f->ctx.uc_stack.ss_sp = f->stack.get();
     f->ctx.uc_stack.ss_size = kStackBytes;
@@ -211,12 +215,18 @@ void emu_check_access(const void* p, int bytes, bool write) {
   for (const auto& r : g->regions) {
     if (a >= r.lo && a + bytes <= r.hi) {
       if (write && !r.writable) se_emu::fail("write to read-only buffer " + r.name);
+      if ((r.after_wait || (write && g->writes_after_wait)) && !g->cur->waited) {
+        se_emu::fail(std::string(write ? "write to " : "read of ") + r.name +
+                     " before wait_prior_grid (programmatic dependent launch)");
+      }
       return;
     }
   }
   se_emu::fail(std::string(write ? "write" : "read") + " of " + std::to_string(bytes) +
                " bytes outside every buffer");
 }
+
+void emu_grid_wait() { se_emu::g->cur->waited = true; }
 
 unsigned char* emu_block_shared(int bytes) {
   auto& smem = se_emu::g->blocks[size_t(se_emu::g->cur->slot)].smem;
@@ -255,8 +265,9 @@ struct EmuArgs {
 };
 
 struct EmuPlan {
-  int64_t grid1, grid2, ws_size, n_counters, CTw, CTn, Tp, CG, CGn, NT, M2;
-  int32_t vec, keep, reverse, long_rows;
+  int64_t grid1, grid2, ws_size, n_counters, CTw, CTn, Tp, CG, CGn, NT, M2, CTw2, CTn2, Tp2,
+      grid0;
+  int32_t vec, keep, reverse, long_rows, stack2;
 };
 
 }  // extern "C"
@@ -326,8 +337,13 @@ void select_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, co
   }
 }
 
+// The buffers kernel `k` of a pass may touch (0: the zeroing kernel, 1 and 2: the
+// launches). Under programmatic dependent launch, kernel k may run while kernel k - 1
+// still does: what k - 1 writes (launch 1: the counters; launch 2: the counters, the
+// workspace, and the forward's z and pre) is reachable only after wait_prior_grid,
+// and launch 2 stores nothing before it.
 void add_regions(se_emu::Launch& L, const EmuArgs* a, std::vector<unsigned char>& ws,
-                 std::vector<uint32_t>& counters) {
+                 std::vector<uint32_t>& counters, int k) {
   static const char* kNames[kSlots] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7",
                                        "t8", "t9", "w1", "b1", "w2", "b2", "t14", "t15"};
   for (int s = 0; s < kSlots; ++s) {
@@ -339,11 +355,13 @@ void add_regions(se_emu::Launch& L, const EmuArgs* a, std::vector<unsigned char>
       writable = s == kY || s == kZ || s == kPre || (s == kX && a->t[kX] == a->t[kY]);
     }
     const auto* lo = static_cast<const unsigned char*>(a->t[s]);
-    L.regions.push_back({lo, lo + a->bytes[s], writable, kNames[s]});
+    const bool from_launch_1 = !a->backward && (s == kZ || s == kPre);
+    L.regions.push_back({lo, lo + a->bytes[s], writable, kNames[s], k == 2 && from_launch_1});
   }
-  L.regions.push_back({ws.data(), ws.data() + ws.size(), true, "workspace"});
+  L.regions.push_back({ws.data(), ws.data() + ws.size(), true, "workspace", k == 2});
   const auto* c0 = reinterpret_cast<const unsigned char*>(counters.data());
-  L.regions.push_back({c0, c0 + counters.size() * 4, true, "counters"});
+  L.regions.push_back({c0, c0 + counters.size() * 4, true, "counters", k >= 1});
+  L.writes_after_wait = k == 2;
 }
 
 }  // namespace
@@ -353,25 +371,32 @@ extern "C" {
 // The plan the CUDA host code would make for this call (no kernel run).
 int se_emu_plan(const EmuArgs* a, EmuPlan* out) {
   const Plan p = plan_of(*a);
-  *out = EmuPlan{p.grid1, p.grid2, p.ws_size, p.n_counters, p.t.CTw, p.t.CTn, p.t.Tp, p.CG,
-                 p.CGn,   p.NT,    p.M2,      p.vec,        p.keep,  p.reverse, p.t.long_rows};
+  *out = EmuPlan{p.grid1,  p.grid2,   p.ws_size, p.n_counters, p.t.CTw,  p.t.CTn,
+                 p.t.Tp,   p.CG,      p.CGn,     p.NT,         p.M2,     p.t2.CTw,
+                 p.t2.CTn, p.t2.Tp,   p.grid0,   p.vec,        p.keep,   p.reverse,
+                 p.t.long_rows, p.stack2};
   return 0;
 }
 
 uint64_t se_emu_fastdiv(uint64_t a, uint64_t d) { return FastDiv::of(d).div(a); }
 
-// Runs the pass's two launches on host buffers (the counters zeroed before, the
-// workspace NaN-filled). 0 on success, else 1 and a message in err.
+// Runs the pass's three kernels (zero the counters, launch 1, launch 2) in order on
+// host buffers, the workspace NaN-filled and the counters poisoned (the zeroing
+// kernel must clear them). 0 on success, else 1 and a message in err.
 int se_emu_run(const EmuArgs* a, char* err, int errlen) {
   const Plan plan = plan_of(*a);
   const size_t acc = a->dtype == 3 ? 8 : 4;
   std::vector<unsigned char> ws(size_t(plan.ws_size) * acc + 16);
   std::memset(ws.data(), 0xff, ws.size());
-  std::vector<uint32_t> counters(size_t(std::max<int64_t>(plan.n_counters, 1)), 0u);
+  std::vector<uint32_t> counters(size_t(std::max<int64_t>(plan.n_counters, 1)), 0xdeadbeefu);
 
-  se_emu::Launch L1, L2;
-  add_regions(L1, a, ws, counters);
-  add_regions(L2, a, ws, counters);
+  se_emu::Launch L0, L1, L2;
+  add_regions(L0, a, ws, counters, 0);
+  add_regions(L1, a, ws, counters, 1);
+  add_regions(L2, a, ws, counters, 2);
+  uint32_t* cp = counters.data();
+  const int64_t nc = plan.n_counters;
+  L0.body = [cp, nc]() { se_zero_kernel<uint32_t>(cp, nc); };
   void* wsp = ws.data();
   switch (a->dtype) {
     case 0: select_kernels<float>(L1, L2, *a, plan, wsp, counters.data()); break;
@@ -379,17 +404,17 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
     case 2: select_kernels<c10::BFloat16>(L1, L2, *a, plan, wsp, counters.data()); break;
     default: select_kernels<double>(L1, L2, *a, plan, wsp, counters.data()); break;
   }
-  const int64_t grids[2] = {plan.grid1, plan.grid2};
-  se_emu::Launch* launches[2] = {&L1, &L2};
-  for (int i = 0; i < 2; ++i) {
+  const int64_t grids[3] = {plan.grid0, plan.grid1, plan.grid2};
+  se_emu::Launch* launches[3] = {&L0, &L1, &L2};
+  for (int i = 0; i < 3; ++i) {
     se_emu::g = launches[i];
     const bool ok = se_emu::run_grid(*launches[i], grids[i], a->concurrency, a->seed + i);
     se_emu::g = nullptr;
     if (!ok) {
-      std::snprintf(err, size_t(errlen), "launch %d: %s", i + 1, launches[i]->error.c_str());
+      std::snprintf(err, size_t(errlen), "launch %d: %s", i, launches[i]->error.c_str());
       return 1;
     }
-    if (i == 0) {
+    if (i == 1) {
       // every tile counted in, so every finalizer ran exactly once
       const bool sample_stage = !(plan.backward && plan.one_layer);
       for (int64_t st = 0; st < plan.NST; ++st) {

@@ -8,7 +8,9 @@
 // What it checks: the kernels' arithmetic and indexing against the reference,
 // that every global access hits a registered buffer at its alignment (16 bytes
 // for granules), that every last-arrival counter ends at its count (the host
-// side, emu.cpp), that barriers and shuffles are reached by all threads. What it
+// side, emu.cpp), that barriers and shuffles are reached by all threads, that no
+// kernel touches what the kernel before it writes (and launch 2 stores nothing) before
+// its wait_prior_grid, as programmatic dependent launch requires. What it
 // cannot: timing, the memory model, registers, coalescing, anything about the
 // hardware.
 #pragma once
