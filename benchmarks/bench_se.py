@@ -14,7 +14,9 @@ large device-to-device copy), and the time of x.clone() of the same tensor.
 Then whole networks (models.py): images/s before and after replace_se_blocks.
 
 Writes benchmarks/results/<device-slug>.{json,md} and two PNGs beside them,
-and prints the markdown on stdout (the progress bar goes to stderr).
+and prints the markdown on stdout (the progress bar goes to stderr). It measures
+only: scripts/targets.py checks the project's targets against the JSON, and
+scripts/update_readme.py publishes it.
 """
 import time
 
