@@ -3,7 +3,9 @@
 #   make test-compat  the same on the oldest supported torch (requirements-compat.txt),
 #               Python 3.12, a CPU-only build in a copy of the checkout (.compat/)
 #   make bench  set-up + the microbenchmark on whatever device is present, then the
-#               memory benchmark (saved activations, peak, in-place forward)
+#               memory benchmark (saved activations, peak, in-place forward), then the
+#               targets checked on the new result (scripts/targets.py)
+# scripts/update_readme.py publishes benchmarks/results/ into README.md.
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 # torch guesses CUDA_HOME from the nvcc on PATH; the headers live here.
@@ -52,9 +54,11 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_se.py $(BENCH_ARGS)
 	$(PY) benchmarks/memory.py
+	$(PY) scripts/targets.py benchmarks/results
 
 bench-full: setup
 	$(PY) benchmarks/bench_se.py --full
+	$(PY) scripts/targets.py benchmarks/results
 
 $(COMPAT_VENV)/.deps-installed: requirements-compat.txt
 	@test -n "$(COMPAT_PYTHON)" || { echo "make test-compat needs Python 3.12 (set COMPAT_PYTHON)"; exit 1; }

@@ -27,6 +27,12 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda p: p.write_text(text))
 
 
+def image_paths(json_path: Path) -> List[Path]:
+    """The PNGs plot.py draws beside a result."""
+    stem = json_path.with_suffix("")
+    return [stem.with_name(f"{stem.name}-{kind}.png") for kind in ("speedup", "roofline")]
+
+
 # --- number formats
 
 
@@ -105,16 +111,9 @@ MODEL_COLUMNS = [
      else f"{m['logits_rel_diff']:.1e}"),
 ]
 
-TARGET_COLUMNS = [
-    ("target", lambda t: t["what"]),
-    ("layout", lambda t: t["layout"]),
-    ("value", lambda t: DASH if t["value"] is None else t.get("display") or f"{t['value']:.2f}"),
-    ("goal", lambda t: f"{t['op']} {t['goal']}"),
-    ("met", lambda t: DASH if t["met"] is None else ("yes" if t["met"] else "**no**")),
-]
-
-
-def markdown(result: dict, images: Sequence[str] = ()) -> str:
+def markdown(result: dict, images: Sequence[str] = (), before_cases: Sequence[str] = ()) -> str:
+    """The result as markdown; before_cases: lines put ahead of the case table (the
+    targets section of scripts/targets.py, which the measuring code does not compute)."""
     cuda = result.get("device_type") == "cuda"
     short = result["commit"][:12] + ("-dirty" if result["commit"].endswith("-dirty") else "")
     lines = [
@@ -146,10 +145,7 @@ def markdown(result: dict, images: Sequence[str] = ()) -> str:
         lines += ["", "Not run:", *[f"- {n}" for n in result["not_run"]]]
     if result.get("errors"):
         lines += ["", "Errors:", *[f"- {e}" for e in result["errors"]]]
-    if result.get("targets"):
-        lines += ["", "### Targets (CPU)", "", table(TARGET_COLUMNS, result["targets"])]
-    if result.get("target_misses"):
-        lines += ["", "Cases that miss a target:", *[f"- {m}" for m in result["target_misses"]]]
+    lines += before_cases
     if result["cases"]:
         lines += ["", "### SE op", "", table(case_columns(cuda), result["cases"])]
     if result.get("models"):

@@ -211,7 +211,7 @@ def time_inplace(device: torch.device, shape=(32, 256, 56, 56), reps=15) -> list
 def markdown(result) -> str:
     lines = [f"# Memory: {result['env']['device']}", "",
              f"torch {result['env'].get('torch')}, commit {result['env'].get('commit')}, "
-             f"threads {torch.get_num_threads()}", ""]
+             f"threads {result['env'].get('threads')}", ""]
     if result.get("models"):
         lines += ["## One training step, batch %d, 224x224" % result["batch"], "",
                   "| model | variant | saved activations (MiB) | of which SE inputs | change vs eager "

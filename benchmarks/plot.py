@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from _report import case_label, write_atomic  # noqa: E402
+from _report import case_label, image_paths, write_atomic  # noqa: E402
 
 PASSES = ("forward", "backward", "fwd+bwd")
 BASELINES = {"eager": "vs eager", "compile": "vs torch.compile",
@@ -93,12 +93,11 @@ def plot_roofline(cases: List[dict], path: Path, title: str, copy_gbps: float) -
 
 def plot_result(result: dict, json_path: Path) -> List[Path]:
     """Both PNGs beside json_path; returns their paths."""
-    stem = json_path.with_suffix("")
     title = f"{result['device']} ({result['commit'][:12]})"
     cases = result["cases"]
     if not cases:
         return []
-    paths = [stem.with_name(stem.name + "-speedup.png"), stem.with_name(stem.name + "-roofline.png")]
+    paths = image_paths(json_path)
     plot_speedups(cases, paths[0], title)
     plot_roofline(cases, paths[1], title, result["copy_GBps"])
     return paths

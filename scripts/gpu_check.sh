@@ -197,10 +197,8 @@ if [[ $MODE == triage ]]; then
   rm -f "$TRIAGE_TXT"
 else
   say "benchmark:   $BENCH"
-  for md in "$OUTDIR"/*.md; do
-    [[ -f "$md" ]] || continue
+  if ls "$OUTDIR"/*.json >/dev/null 2>&1; then
     say ""
-    say "--- $(basename "$md"): targets"
-    sed -n '/^#* *Targets/,/^#/p' "$md" | head -n 30 | tee -a "$LOG"
-  done
+    $PY scripts/targets.py "$OUTDIR" 2>&1 | head -n 30 | tee -a "$LOG"
+  fi
 fi

@@ -84,7 +84,7 @@ def test_l2_reuse_lowers_the_fused_bytes_when_x_fits():
 @pytest.mark.xfail(strict=True, reason="the model predicts 94 rows below compile (0.53x "
                    "worst), most of them backward at batch 256: the small layers' loops (one L2 "
                    "load per iteration) put ~3-25 us on launch 1's last-arrival chain and into "
-                   "every backward launch-2 block (benchmarks/NOTES.md, 'CUDA v3')")
+                   "every backward launch-2 block (docs/NOTES.md, 'CUDA v3')")
 def test_default_design_is_never_slower_than_torch_compile(targets):
     t = targets["every case"]
     assert t["met"], t["misses"][:5]
@@ -109,7 +109,7 @@ def test_default_design_geomean_over_torch_compile_is_at_least_1_3(targets):
 @pytest.mark.xfail(strict=True, reason="the model predicts 8 batch-1 forwards below 3x "
                    "eager (2.40x worst, C = 784-960 at 7x7): launch 1's last-arrival chain "
                    "(8-20 us) and, in fp32 NCHW, launch 2's prologue are latency-bound loops "
-                   "(benchmarks/NOTES.md, 'CUDA v3')")
+                   "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_batch_1_forward_is_3x_eager(targets):
     t = targets["batch-1 forward"]
     assert t["met"], t["misses"][:5]
@@ -117,7 +117,7 @@ def test_default_design_batch_1_forward_is_3x_eager(targets):
 
 @pytest.mark.xfail(strict=True, reason="the model predicts 24-60 %: two launches, their "
                    "ramps and the last-arrival chain cost more than the 8-15 us floors "
-                   "(benchmarks/NOTES.md, 'CUDA v3')")
+                   "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_half_l2(
         targets):
     assert targets["forward, |x| <= L2/2"]["met"]
@@ -125,7 +125,7 @@ def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_
 
 @pytest.mark.xfail(strict=True, reason="the model predicts 28 rows below 60 %, 45 % worst: "
                    "the small layers' latency-bound loops and the fixed costs "
-                   "(benchmarks/NOTES.md, 'CUDA v3')")
+                   "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_60_percent_of_the_roofline_elsewhere(targets):
     assert targets["forward, |x| > L2/2"]["met"]
 

@@ -45,7 +45,7 @@ using cpu::gemm_nt;
 // the two reads on this VM (the shared L3 gave no measurable gain); the small
 // layers read all the weights once per group. So a group spans about as many
 // bytes as the weights: one sample when the weights are smaller than a sample,
-// more as they grow (measured on the deep stages in benchmarks/NOTES.md).
+// more as they grow (measured on the deep stages in docs/NOTES.md).
 // n: the samples of one thread; its groups are made equal in size.
 int64_t thread_group_size(int64_t sample_bytes, int64_t weight_bytes, int64_t n) {
   n = std::max<int64_t>(1, n);

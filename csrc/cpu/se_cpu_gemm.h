@@ -5,7 +5,7 @@
 //
 // fp32 with AVX-512 has register-blocked kernels: on the SE shapes they are as
 // fast as MKL's sgemm on one core from 16 samples up, and faster below that
-// (no dispatch, no packing), see benchmarks/NOTES.md. Other dtypes and builds
+// (no dispatch, no packing), see docs/NOTES.md. Other dtypes and builds
 // use plain loops.
 #pragma once
 
