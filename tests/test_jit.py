@@ -1,5 +1,6 @@
 """torch.jit.trace of models holding FusedSEBlocks, with trace's default checks: the
 recorded graph does not depend on what a block has learnt about its output."""
+import copy
 import re
 
 import pytest
@@ -109,3 +110,25 @@ def test_traced_block_whose_output_is_modified_in_place_refuses_backward():
     traced = torch.jit.trace(model, x)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         traced(x).sum().backward()
+
+
+def test_trace_of_a_swapped_torchvision_model_matches_the_unswapped_one():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    # BatchNorm's initial statistics would shrink random activations to ~0 (any
+    # comparison would pass): set them from one batch, then evaluate.
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64))
+    model.eval()
+    unswapped = copy.deepcopy(model)
+    se_fused.replace_se_blocks(model)
+    assert any(isinstance(m, FusedSEBlock) for m in model.modules())
+    traced = torch.jit.trace(model, torch.randn(2, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    expected = unswapped(x).detach()
+    assert expected.abs().max() > 1e-2
+    assert_close_dtype(traced(x).detach(), expected, torch.float32)
