@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import se_fused  # noqa: E402,F401  (loads the ops)
 from se_fused import reference  # noqa: E402
-from se_fused.ops import _backward_composite  # noqa: E402
+from se_fused._autograd import backward_composite as _backward_composite  # noqa: E402
 
 # The CUDA plan's knobs (csrc/cuda/se_cuda_ops.cpp), each a setting that changes which
 # block computes what but no summation order: one sample per launch-2 block, and an L2

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from ._names import ACTIVATIONS, GATES, lookup
+from ._names import ACTIVATIONS, GATES, as_matrix, check_name, lookup
 
 __all__ = ["SEBlock", "FusedSEBlock"]
 
@@ -48,11 +48,8 @@ def _rd_channels(channels, reduction, rd_channels) -> Tuple[int, int]:
 
 
 def _check_names(activation, gate) -> None:
-    for what, value, table in (("activation", activation, ACTIVATIONS), ("gate", gate, GATES)):
-        if not isinstance(value, str):
-            raise TypeError(f"{what} must be a string (one of {sorted(table)}), "
-                            f"got {type(value).__name__}")
-        lookup(table, value, what)  # ValueError naming the choices
+    check_name(activation, ACTIVATIONS, "activation")
+    check_name(gate, GATES, "gate")
 
 
 class _SEBase(nn.Module):
@@ -116,7 +113,15 @@ class FusedSEBlock(_SEBase):
     later (SE-ResNet's `out += shortcut`), which would leave it without the values it
     needs. A block cannot know that ahead, so its first call under autograd keeps x as
     well and watches y; when that call's backward runs, the block knows whether its
-    output is modified in place, and from then on keeps only y if it is not.
+    output is modified in place, and from then on keeps only y if it is not. This is
+    eager behaviour, and what is kept never changes the recorded op:
+    - torch.jit.trace records the same se_forward node before and after that first
+      backward (what is kept is chosen outside the op's arguments), so trace's check
+      passes. The traced module runs that node with the op's own autograd, which keeps
+      y: if its output is modified in place, backward raises autograd's "modified by an
+      inplace operation" error, never a wrong gradient.
+    - Compiled (torch.compile), a block learns nothing: it keeps x until an eager
+      backward has shown that its output is left alone.
     """
 
     def __init__(self, channels: int, reduction=16, *, rd_channels: Optional[int] = None,
@@ -138,33 +143,36 @@ class FusedSEBlock(_SEBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"se_fused: x must be a torch.Tensor, got {type(x).__name__}")
+        # What the block learns (its output's fate, its input's producer, a warning given)
+        # comes from autograd nodes and hooks, which torch.compile cannot trace: eager only.
+        eager = not torch.compiler.is_compiling()
         reduce = self.get_submodule(self._reduce_name)
-        w1, b1 = ops.as_matrix(reduce.weight), reduce.bias
+        w1, b1 = as_matrix(reduce.weight), reduce.bias
         if self._norm_name is not None:
             norm = self.get_submodule(self._norm_name)
             if norm.training or norm.running_mean is None:
-                return self._forward_unfused(x, reduce, norm)
+                return self._forward_unfused(x, reduce, norm, eager)
             w1, b1 = _fold_norm(w1, b1, norm)
         if self._expand_name is None:
             w2 = b2 = None
         else:
             expand = self.get_submodule(self._expand_name)
-            w2, b2 = ops.as_matrix(expand.weight), expand.bias
-        keep_x = self._output_mutated is not False
-        inplace = self.inplace
-        if inplace and not torch.compiler.is_compiling():
-            inplace = self._may_write_over(x)
-        y = ops._squeeze_excite(x, w1, b1, w2, b2, None, self.activation or "relu", self.gate,
-                                "none", inplace, keep_x)
-        if not torch.compiler.is_compiling() and self._output_mutated is None \
-                and y.grad_fn is not None:
+            w2, b2 = as_matrix(expand.weight), expand.bias
+        inplace = self.inplace and (not eager or self._may_write_over(x))
+        y = ops.route(x, w1, b1, w2, b2, None, self.activation or "relu", self.gate, "none",
+                      inplace, self._output_mutated is not False)
+        # Not while tracing: the traced call's output feeds the recorded graph, not a
+        # training step, and watching it (an alias of y) would name values differently
+        # from trace's check, which reruns the model under no_grad.
+        if eager and self._output_mutated is None and y.grad_fn is not None \
+                and not torch.jit.is_tracing():
             _watch_for_mutation(self, y)
         return y
 
-    def _forward_unfused(self, x, reduce, norm):
+    def _forward_unfused(self, x, reduce, norm, eager):
         """The source's computation, layer by layer: a norm layer on batch statistics
         depends on the whole batch of fc1 outputs, which the fused op does not see."""
-        if not self._warned_unfused and not torch.compiler.is_compiling():
+        if not self._warned_unfused and eager:
             self._warned_unfused = True
             warnings.warn(
                 f"se_fused: FusedSEBlock with a norm layer ({self._norm_name}: "
@@ -221,7 +229,7 @@ class FusedSEBlock(_SEBase):
         spec = _describe(module)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        w1 = ops.as_matrix(spec["reduce"][1].weight)
+        w1 = as_matrix(spec["reduce"][1].weight)
         self.channels = w1.shape[1]
         self.rd_channels = w1.shape[0]
         self.activation = spec["activation"]
@@ -472,7 +480,7 @@ SOURCE_NAMES = ("se_fused.SEBlock, torchvision.ops.SqueezeExcitation, timm.layer
                 "timm.layers.EffectiveSEModule, timm.models.hgnet.EseModule")
 
 
-def _source_kind(module: nn.Module) -> Optional[str]:
+def source_kind(module: nn.Module) -> Optional[str]:
     """Which supported SE class `module` is (a kind of _SOURCES), or None. A subclass
     counts only if it keeps the forward; otherwise "overridden:<class>"."""
     for kind, mod, attr, methods in _SOURCES:
@@ -504,7 +512,7 @@ def _describe(module: nn.Module) -> dict:
     owner = type(module).__name__
     if any(_has_hooks(m) for m in module.modules()):
         raise ValueError(f"{owner} has forward/backward hooks, which a replacement would drop")
-    kind = "fused" if isinstance(module, FusedSEBlock) else _source_kind(module)
+    kind = "fused" if isinstance(module, FusedSEBlock) else source_kind(module)
     if kind is None or kind.startswith("overridden:"):
         from ._recognize import recognize  # noqa: PLC0415  (it imports this module)
         spec, reason, near_miss = recognize(module)
@@ -556,10 +564,10 @@ def _checked(module: nn.Module, owner: str, spec: dict, linear_ok: bool = False)
     matching shapes, and no state of `module` outside them."""
     r, e, n = spec["reduce"], spec["expand"], spec["norm"]
     reduce = _check_layer(module.get_submodule(r), r, owner, linear_ok)
-    w1 = ops.as_matrix(reduce.weight)
+    w1 = as_matrix(reduce.weight)
     if e is not None:
         expand = _check_layer(module.get_submodule(e), e, owner, linear_ok)
-        w2 = ops.as_matrix(expand.weight)
+        w2 = as_matrix(expand.weight)
         if w2.shape[1] != w1.shape[0] or w2.shape[0] != w1.shape[1]:
             raise ValueError(f"{owner}: {r} maps {w1.shape[1]}->{w1.shape[0]} channels "
                              f"but {e} maps {w2.shape[1]}->{w2.shape[0]}")

@@ -10,13 +10,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._names import ACTIVATIONS, GATES, OUT_ACTIVATIONS, as_matrix, lookup
+from ._names import (ACTIVATIONS, GATES, OUT_ACTIVATIONS, acc_dtype, as_matrix, dense_layout,
+                     lookup)
 
 __all__ = ["squeeze_excite"]
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def excitation(z, w1, b1, w2, b2, activation="relu", gate="sigmoid"):
@@ -53,7 +50,7 @@ def squeeze_excite(
     """Reference SE block; see se_fused.squeeze_excite for the contract."""
     if out_activation not in OUT_ACTIVATIONS:
         raise ValueError(f"out_activation must be None or 'relu', got {out_activation!r}")
-    dt = _compute_dtype(x)
+    dt = acc_dtype(x.dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
         z = x.to(dt).mean(dim=(2, 3))
         s = excitation(z, w1, b1, w2, b2, activation, gate)
@@ -66,9 +63,8 @@ def squeeze_excite(
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a channels_last x, else NCHW (the fused op's output rule)."""
+    """x's layout when dense NCHW or channels_last, else NCHW (the fused op's output rule)."""
     try:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return dense_layout(x) or torch.contiguous_format
     except RuntimeError:  # under vmap a layout can be neither queried nor observed
         return torch.contiguous_format
-    return torch.channels_last if channels_last else torch.contiguous_format

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 import torch.nn as nn
 
 from ._recognize import is_candidate, looks_like_se
-from .modules import FusedSEBlock, _source_kind
+from .modules import FusedSEBlock, source_kind
 
 __all__ = ["replace_se_blocks", "SwapReport"]
 
@@ -70,7 +70,7 @@ class _Swapper:
         """Fuse `module`, or else what it holds; returns its replacement, if it has one."""
         if isinstance(module, FusedSEBlock):
             return None
-        if _source_kind(module) is not None or is_candidate(module):
+        if source_kind(module) is not None or is_candidate(module):
             fused = self.fuse(module, qualname)
             if fused is not None or id(module) in self.reported:
                 return fused

@@ -91,7 +91,7 @@ def test_misaligned_storage_offsets_match_reference(dtype, channels_last, shape)
 
 
 def test_fused_backward_op_agrees_with_composite_backward():
-    from se_fused.ops import _backward_composite
+    from se_fused._autograd import backward_composite as _backward_composite
     for fmt in LAYOUTS.values():
         inp = cuda_inputs((3, 8, 5, 5), 2, torch.float64, fmt)
         x, w1, b1, w2, b2 = (inp[k].detach() for k in ("x", "w1", "b1", "w2", "b2"))

@@ -16,7 +16,7 @@ import torch
 
 from se_fused import reference
 from se_fused._names import ACTIVATIONS
-from se_fused.ops import _backward_composite
+from se_fused._autograd import backward_composite as _backward_composite
 
 from .cuda_emu import driver
 from .conftest import GATES, LAYOUTS

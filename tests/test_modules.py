@@ -191,13 +191,13 @@ def test_eager_bfloat16_close_to_fused():
 
 def test_fused_forward_calls_the_fused_op(monkeypatch):
     calls = []
-    real = se_fused.ops._squeeze_excite
+    real = se_fused.ops.route
 
     def spy(x, w1, b1, w2, b2, residual, activation, gate, out_activation, inplace, keep_x):
         calls.append((activation, gate, out_activation, inplace))
         return real(x, w1, b1, w2, b2, residual, activation, gate, out_activation, inplace, keep_x)
 
-    monkeypatch.setattr(se_fused.ops, "_squeeze_excite", spy)
+    monkeypatch.setattr(se_fused.ops, "route", spy)
     m = FusedSEBlock(C, rd_channels=4, activation="silu", gate="hardsigmoid")
     m(_x(torch.float32))
     assert calls == [("silu", "hardsigmoid", "none", False)]
@@ -514,13 +514,13 @@ def _se_with_bn(seed=1):
 
 def _count_op_calls(monkeypatch):
     calls = []
-    real = se_fused.ops._squeeze_excite
+    real = se_fused.ops.route
 
     def spy(*args):
         calls.append(args[6])
         return real(*args)
 
-    monkeypatch.setattr(se_fused.ops, "_squeeze_excite", spy)
+    monkeypatch.setattr(se_fused.ops, "route", spy)
     return calls
 
 

@@ -170,7 +170,7 @@ def test_gradgradcheck_double_backward(out_activation, activation, gate, one_lay
 
 @pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
 def test_differentiable_backward_agrees_with_fused_backward(activation, gate, one_layer):
-    from se_fused.ops import _backward_composite
+    from se_fused._autograd import backward_composite as _backward_composite
     inp = make_inputs((3, 8, 5, 5), 2, torch.float64, torch.channels_last, one_layer=one_layer)
     x, w1, b1 = (inp[k].detach() for k in ("x", "w1", "b1"))
     w2, b2 = (None, None) if one_layer else (inp["w2"].detach(), inp["b2"].detach())
