@@ -8,7 +8,7 @@ float64 reference evaluated from the same inputs:
   except float16 + hardsigmoid, which keeps x) against the same op forced to keep x;
 - blocks with the residual epilogue (SE-ResNet, y = relu(x*s + r)): the op as it runs
   (keeps x) against the candidate that would keep r instead, x*s = y - r where y > 0,
-  emulated in float32 with the op's own backward formulas (ops._backward_composite).
+  emulated in float32 with the op's own backward formulas (se_fused._autograd.backward_composite).
 
 The error of a gradient is max|g - g64| / max|g64|; a row shows the worst over all
 gradients (x, weights, biases, and the residual's). The tests' tolerances (atol
@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import shapes  # noqa: E402
 import se_fused  # noqa: E402
-from se_fused import ops, reference  # noqa: E402
+from se_fused import _autograd, ops, reference  # noqa: E402
 
 PARAMS = ("x", "w1", "b1", "w2", "b2", "residual")
 
@@ -66,9 +66,9 @@ def truth(t, gy, kw):
 def op_grads(t, gy, kw, keep_x):
     d = {k: v.detach().requires_grad_() for k, v in t.items()}
     x = d["x"] * 1  # a non-leaf, as inside a network
-    y = ops._squeeze_excite(x, d["w1"], d["b1"], d["w2"], d["b2"], d.get("residual"),
-                            kw["activation"], kw["gate"], kw["out_activation"] or "none",
-                            False, keep_x)
+    y = ops.route(x, d["w1"], d["b1"], d["w2"], d["b2"], d.get("residual"),
+                  kw["activation"], kw["gate"], kw["out_activation"] or "none",
+                  False, keep_x)
     return dict(zip(d, torch.autograd.grad(y, list(d.values()), gy)))
 
 
@@ -81,7 +81,7 @@ def residual_candidate_grads(t, gy, kw):
                                     **kw)
         z = x.float().mean(dim=(2, 3))
         xs = y.float() - r.float()
-        gx, gr, gw1, gb1, gw2, gb2 = ops._backward_composite(
+        gx, gr, gw1, gb1, gw2, gb2 = _autograd.backward_composite(
             gy, xs, z, y, t["w1"], t["b1"], t["w2"], t["b2"], kw["activation"], kw["gate"])
     return dict(x=gx.to(x.dtype), w1=gw1, b1=gb1, w2=gw2, b2=gb2, residual=gr.to(x.dtype))
 
