@@ -351,8 +351,9 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float, ahead: bool = False
         wg_fma = 2.0 * N * Cc * R
         wg_tiles = 2 * math.ceil(Cc / GRAD_TILE) * math.ceil(R / GRAD_TILE)
         wg_l2 = wg_tiles * N * 2 * GRAD_TILE * 4.0
-        # grad_tile: n ascending, per n a value of the column operand and 4 of the rows
-        wg_block = loop_us(1, N, 1 + GRAD_TILE // 8, ahead)
+        # grad_tile: n ascending, per n a value of the column operand and 4 of the rows,
+        # in chunks and a half
+        wg_block = loop_us(1, N, 1 + GRAD_TILE // 8, ahead, 1.5 * const("loads_ahead"))
     hits = l2_hits(reread, first, keep, reverse=True)
     s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
     s_fma = float(t.blocks) * t.NT * t.CT * R

@@ -81,7 +81,7 @@ def test_l2_reuse_lowers_the_fused_bytes_when_x_fits():
     assert spills.hbm_bytes > 2.8 * huge.x_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 118 rows below compile (0.58x "
+@pytest.mark.xfail(strict=True, reason="the model predicts 107 rows below compile (0.58x "
                    "worst), most of them channels_last at batch 256: the small layers' loops, "
                    "8 loads ahead a thread, still put ~5-20 us on launch 1's last-arrival chain "
                    "and ~10 us into every 256-channel launch-2 block (benchmarks/NOTES.md, "

@@ -66,7 +66,7 @@ SE_DEV void warp_dots(int rows, int K, int M, const WF& w_of, const AF& a, const
     *i = int(s) / T;
     *j = int(s) - *i * T;
   };
-  ahead_loop<kLoadsAhead>(
+  ahead_loop<kAhead<acc_t>>(
       0, int64_t(rows) * T, 1,
       [&](int64_t s) {
         int i, j;
@@ -123,7 +123,7 @@ SE_DEV const acc_t* stage_rows(const acc_t* src, int64_t n0, int M, int64_t R, a
                                int64_t used) {
   if (int64_t(M) * R * int64_t(sizeof(acc_t)) > kSmemBytes - used) return nullptr;
   const acc_t* rows = src + n0 * R;  // contiguous
-  ahead_loop<kLoadsAhead>(
+  ahead_loop<kAhead<acc_t>>(
       threadIdx.x, int64_t(M) * R, kThreads, [&](int64_t e) { return load_ro(rows + e); },
       [&](acc_t v, int64_t e) { dst[e] = v; });
   __syncthreads();
@@ -162,7 +162,7 @@ template <typename acc_t>
 SE_DEV acc_t sum_of_groups(const Plan& p, const acc_t* shares, int64_t n, int64_t r) {
   acc_t a = acc_t(0);
   const acc_t* col = shares + n * p.CGn * p.R + r;
-  ahead_loop<kLoadsAhead>(
+  ahead_loop<kAhead<acc_t>>(
       0, p.CGn, 1, [&](int64_t g) { return load_cg(col + g * p.R); },
       [&](acc_t v, int64_t) { a += v; });
   return a;
@@ -279,7 +279,7 @@ SE_DEV void backward_group(const Plan& p, const Layers<acc_t>& L, const Excite<a
     acc_t acc[MM];
     // half the chunk: under launch 1's register cap, a full one beside the MM
     // accumulators spills (ptxas)
-    column_dot<MM, kLoadsAhead / 2>(L.w2 + f.c0 * R + r, R, f.nc, f.M,
+    column_dot<MM, kAhead<acc_t> / 2>(L.w2 + f.c0 * R + r, R, f.nc, f.M,
                    [&](int m, int64_t k) { return ds[m * f.nc + k]; }, acc);
 #pragma unroll
     for (int m = 0; m < MM; ++m) {
@@ -318,7 +318,7 @@ SE_DEV void backward_consts(const Plan& p, const Layers<acc_t>& L, const Excite<
   for (int ch = threadIdx.x; ch < nch; ch += kThreads) {
     const int64_t c = cb + ch;
     acc_t acc[MM];
-    column_dot<MM, kLoadsAhead>(L.w1 + c, C, R, M, da1, acc);
+    column_dot<MM, kAhead<acc_t>>(L.w1 + c, C, R, M, da1, acc);
 #pragma unroll
     for (int m = 0; m < MM; ++m) {
       if (m < M) {
@@ -354,7 +354,9 @@ SE_DEV void grad_tile(int64_t N, const acc_t* rows, int64_t ld_rows, int64_t nro
   struct Operands {
     acc_t c, r[kPer];
   };
-  ahead_loop<ahead_steps(1 + kPer)>(
+  // a chunk and a half (3 iterations of 5 loads): a weight-gradient block holds
+  // nothing else; 4 iterations spill (ptxas)
+  ahead_loop<ahead_steps(1 + kPer, 3 * kAhead<acc_t> / 2)>(
       0, N, 1,
       [&](int64_t n) {
         Operands o;

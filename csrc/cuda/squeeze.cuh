@@ -239,19 +239,21 @@ SE_DEV void reduce_block_tile(const Plan& p, const Src& src, const Pieces<acc_t>
 
 // ---- loads ahead ---------------------------------------------------------------
 // The finalizers' and prologues' loops (row_total here, the small layers) read L2
-// with a run-time trip count: a thread issues kLoadsAhead loads before it uses the
+// with a run-time trip count: a thread issues a chunk of loads before it uses the
 // first of them, so it waits for one round trip per chunk, not per few iterations.
-// SE_FUSED_LOADS_AHEAD overrides it to compare chunk sizes on a GPU; results do
-// not change.
+// kLoadsAhead 4-byte values a chunk (half as many doubles): 16 spill under the
+// register caps of se_cuda_common.cuh (ptxas). SE_FUSED_LOADS_AHEAD overrides it to
+// compare chunk sizes on a GPU; results do not change.
 #ifndef SE_FUSED_LOADS_AHEAD
 #define SE_FUSED_LOADS_AHEAD 8
 #endif
 constexpr int kLoadsAhead = SE_FUSED_LOADS_AHEAD;
+template <typename acc_t>
+constexpr int kAhead = kLoadsAhead * 4 / int(sizeof(acc_t));
 
-// Iterations per chunk of a loop that loads `loads` values an iteration.
-constexpr int ahead_steps(int loads) {
-  return (kLoadsAhead + loads - 1) / loads;
-}
+// Iterations per chunk of `chunk` loads of a loop that loads `loads` values an
+// iteration.
+constexpr int ahead_steps(int loads, int chunk) { return (chunk + loads - 1) / loads; }
 
 // for (k = begin; k < end; k += step) use(load(k), k), in chunks of J iterations:
 // the chunk's loads (past the end: a zero value, no access) all come before its
@@ -283,8 +285,8 @@ SE_DEV acc_t row_total(const Plan& p, const Pieces<acc_t>& in, int64_t n, int64_
   auto add = [&](acc_t v, int64_t) { s += v; };
   if constexpr (CL) {
     const acc_t* col = in.part + n * p.t.Tp * p.C + c;
-    ahead_loop<kLoadsAhead>(0, p.t.Tp, 1, [&](int64_t pt) { return load_cg(col + pt * p.C); },
-                            add);
+    ahead_loop<kAhead<acc_t>>(
+        0, p.t.Tp, 1, [&](int64_t pt) { return load_cg(col + pt * p.C); }, add);
     return s;
   }
   const int64_t ct = c / p.t.CTw;
@@ -293,7 +295,8 @@ SE_DEV acc_t row_total(const Plan& p, const Pieces<acc_t>& in, int64_t n, int64_
   if (tf == tl) return load_cg(in.rowsum + n * p.C + c);
   const acc_t* e = in.edges + (n * p.t.CTn + ct) * p.t.Tp * 2;
   s = load_cg(e + tf * 2 + 1);
-  ahead_loop<kLoadsAhead>(tf + 1, tl + 1, 1, [&](int64_t t) { return load_cg(e + t * 2); }, add);
+  ahead_loop<kAhead<acc_t>>(tf + 1, tl + 1, 1, [&](int64_t t) { return load_cg(e + t * 2); },
+                            add);
   return s;
 }
 
