@@ -97,11 +97,11 @@ C: Dict[str, Const] = {
                        "last-arrival handoff (0.5-1.2)", True),
     "block_inflight": Const(16 * 1024, "bytes", "cuda-v3 plan.h: 16 KB tiles, 256 threads x 4 "
                             "loads of 16 B in flight per block", False),
-    "loop_inflight": Const(4, "loads", "estimate: loads in flight per thread in the small "
-                           "layers' loops (cuda-v3 small_layers.cuh: warp_dot, column_dot, "
-                           "sum_of_groups, grad_tile: one L2 load per iteration, runtime trip "
-                           "counts; nvcc unrolling by 4 assumed); SASS or the first run decides",
-                           True),
+    "loads_ahead": Const(8, "loads", "squeeze.cuh kLoadsAhead: the small layers' loops "
+                         "(row_total, sum_of_groups, warp_dots, column_dot, grad_tile, the "
+                         "staging of h / da1) load a chunk of 8 values per thread before "
+                         "using the first (16 spills under the 64/80-register caps, ptxas); "
+                         "whether they all overlap, the first run decides", True),
     "t_hbm": Const(0.8, "us", "review section 2, base: HBM load latency (0.6-1.0)", True),
     "blocks_per_sm_1": Const(4, "blocks", "cuda-v3 se_cuda_common.cuh: launch 1 compiled for "
                              "4 resident blocks of 256 threads (64 registers)", False),
@@ -200,14 +200,23 @@ def on_grid_us(g: GPU, stream: float, blocks: int, block_bytes: float, per_sm: f
     return t
 
 
-def loop_us(iterations: float, ahead: bool = False) -> float:
-    """A thread's loop of `iterations` dependent-free L2 loads (the small layers' dot
-    products, sums and weight-gradient tiles): latency-bound, loop_inflight loads overlap
-    (ahead: LOADS_AHEAD times as many, every load of a chunk issued before its use)."""
-    return const("t_l2") * iterations / (const("loop_inflight") * (LOADS_AHEAD if ahead else 1))
+def ahead_steps(loads: int, chunk: float = 0) -> int:
+    """squeeze.cuh ahead_steps: iterations per chunk of `chunk` loads (0: loads_ahead) of a
+    loop that loads `loads` values an iteration."""
+    return max(1, math.ceil((chunk or const("loads_ahead")) / loads))
 
 
-LOADS_AHEAD = 4  # the "loads ahead" variant: 4x the loads in flight in the small layers
+def loop_us(calls: float, trips: float, loads: int = 1, across: bool = False,
+            chunk: float = 0) -> float:
+    """`calls` loops one after the other in a thread, each of `trips` iterations of
+    `loads` independent L2 loads (the small layers' sums, dot products and
+    weight-gradient tiles): latency-bound, one L2 round trip per chunk of ahead_steps
+    iterations, whose loads are all issued before the first is used (ahead_loop). across:
+    the chunks run on across the calls (no partial chunk at the end of each call), as
+    warp_dots does, and the variant `ahead` for every loop."""
+    steps = ahead_steps(loads, chunk)
+    trips_per = calls * trips / steps if across else calls * math.ceil(trips / steps)
+    return const("t_l2") * trips_per
 
 
 def l2_hits(reread: float, working_set: float, keep: float, reverse: bool) -> float:
@@ -311,15 +320,17 @@ def k1_cost(s: Shape, g: GPU, t: Tile, ahead: bool = False
     fma = float(N) * Cc * R
     stream = on_grid_us(g, stream_us(g, reads + ws, reads + ws + w_slices, fma), t.blocks,
                         (reads + ws) / t.blocks, const("blocks_per_sm_1"))
-    # the group's sums: each thread adds `parts` partials for its (n, c) pairs; then its
-    # share of the next layer: forward a warp per r, lanes over the group's channels
-    # (warp_dot); backward a thread per r over the channels (column_dot); then the sample
-    # tile's sum over the groups (sum_of_groups)
-    sums = math.ceil(t.NT * t.CT / 256) * (t.parts + (0 if s.pass_ == "forward" else 1))
-    share = (math.ceil(R / 8) * math.ceil(t.CT / 32) if s.pass_ == "forward"
-             else math.ceil(R / 256) * t.CT)
-    chain = 2 * const("t_handoff") + loop_us(
-        sums + share + math.ceil(t.NT * R / 256) * t.ct_count, ahead)
+    # the group's sums: each thread adds `parts` partials for each of its (n, c) pairs
+    # (row_total; the backward also loads a2); then its share of the next layer: forward
+    # a warp per r, lanes over the group's channels (warp_dots, W1 row slices); backward a
+    # thread per r over the channels (column_dot, W2 columns, half chunks: registers);
+    # then the sample tile's sum over the groups (sum_of_groups). Shared-memory operands
+    # are not L2 round trips.
+    sums = loop_us(math.ceil(t.NT * t.CT / 256), t.parts + (s.pass_ != "forward"), 1, ahead)
+    share = (loop_us(math.ceil(R / 8), math.ceil(t.CT / 32), 1, True) if s.pass_ == "forward"
+             else loop_us(math.ceil(R / 256), t.CT, 1, ahead, const("loads_ahead") / 2))
+    groups = loop_us(math.ceil(t.NT * R / 256), t.ct_count, 1, ahead)
+    chain = 2 * const("t_handoff") + sums + share + groups
     return (const("t_ramp") + stream + chain, reads + ws,
             {"K1 stream": stream, "K1 chain": chain})
 
@@ -342,14 +353,13 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float, ahead: bool = False
         wg_fma = 2.0 * N * Cc * R
         wg_tiles = 2 * math.ceil(Cc / GRAD_TILE) * math.ceil(R / GRAD_TILE)
         wg_l2 = wg_tiles * N * 2 * GRAD_TILE * 4.0
-        wg_block = loop_us(N, ahead)  # grad_tile: n ascending, a load of each operand per n
+        # grad_tile: n ascending, per n a value of the column operand and 4 of the rows,
+        # in chunks and a half
+        wg_block = loop_us(1, N, 1 + GRAD_TILE // 8, ahead, 1.5 * const("loads_ahead"))
     hits = l2_hits(reread, first, keep, reverse=True)
     s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
     s_fma = float(t.blocks) * t.NT * t.CT * R
-    # forward_gates: a warp per channel, lanes over R (warp_dot); backward_consts: a
-    # thread per channel over R (column_dot)
-    s_latency = loop_us(math.ceil(t.CT / 8) * math.ceil(R / 32) if s.pass_ == "forward"
-                        else math.ceil(t.CT / 256) * R, ahead)
+    s_latency = prologue_us(s, t, ahead)
     hbm = (reread - hits) + other + writes
     stream = on_grid_us(g, stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma),
                         t.blocks + int(wg_tiles), (reread + other + writes) / t.blocks,
@@ -357,6 +367,27 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float, ahead: bool = False
     us = const("t_ramp") + max(stream, wg_block)
     return us, hbm, {"K2 stream": stream, "K2 gate-input latency": s_latency,
                      "K2 weight-grad block": wg_block, "K2 L2 hits (MB)": hits / MB}
+
+
+SMEM_BYTES = 24 * 1024  # plan.h kSmemBytes: a launch-2 block's shared memory
+
+
+def prologue_us(s: Shape, t: Tile, ahead: bool = False) -> float:
+    """A launch-2 block's gate inputs before it streams: its NT rows of h (forward) or
+    da1 (backward) staged in shared memory behind its NT x CT constants (s, and dz) when
+    they fit (stage_rows, 256 threads), else read from L2 in the loop, a round trip per
+    use; then forward_gates: a warp per channel, lanes over R (warp_dots, W2 rows);
+    backward_consts: a thread per channel over R (column_dot, W1 columns)."""
+    R, acc = s.R, (8 if s.esize == 8 else 4)
+    consts = t.NT * t.CT * acc * (1 if s.pass_ == "forward" else 2)
+    staged = t.NT * R * acc <= SMEM_BYTES - consts
+    if s.pass_ == "forward":  # warp_dots: one stream of loads over the warp's channels
+        calls, trips, across = math.ceil(t.CT / 8), math.ceil(R / 32), True
+    else:
+        calls, trips, across = math.ceil(t.CT / 256), R, ahead
+    if not staged:
+        return const("t_l2") * calls * trips
+    return loop_us(1, math.ceil(t.NT * R / 256), 1, ahead) + loop_us(calls, trips, 1, across)
 
 
 def _shape(case, pass_: str) -> Shape:
@@ -459,8 +490,8 @@ def fused(case, g: GPU, pass_: str, pdl: bool = True, best: bool = False,
     tile (the zeroing kernel is hidden under K1's streaming), and K2's launch and ramp
     overlap K1's tail. Variants: pdl=False, plain launches (SE_FUSED_CUDA_PDL=0, or a GPU
     before sm_90): the zeroing kernel and K1, K2 one after the other with a gap each;
-    best, the tiles the model itself predicts fastest; ahead, the small layers' loops with
-    LOADS_AHEAD times the loads in flight; samples2, launch 2's samples per block as
+    best, the tiles the model itself predicts fastest; ahead, the small layers' chunks of
+    loads run on across a thread's successive loops; samples2, launch 2's samples per block as
     SE_FUSED_CUDA_SAMPLES sets it (0: the plan's)."""
     s = _shape(case, pass_)
     t1, t2 = (best_tiles(s, g.name, ahead) if best
@@ -647,8 +678,8 @@ def _geomean(v: List[float]) -> float:
 
 VARIANTS = {"fused_us": "v3 as planned (default)",
             "fused_plain_us": "plain launches (PDL off)",
-            "fused_best_us": "the model's best tiles", "fused_ahead_us": "+ loads ahead",
-            "fused_all_us": "best tiles + ahead"}
+            "fused_best_us": "the model's best tiles", "fused_ahead_us": "+ ahead across loops",
+            "fused_all_us": "best tiles + ahead across loops"}
 
 
 def check_targets(rs: List[dict], key: str = "fused_us") -> List[dict]:
@@ -713,7 +744,7 @@ def v2_verdict(rs: List[dict]) -> Tuple[bool, List[dict], str]:
 
 # --- sensitivity: how far the verdicts hang on the estimated constants
 
-SENSITIVITY = ("stream_eff", "fma_eff", "l2_keep", "t_l2", "loop_inflight", "t_handoff", "t_ramp", "t_gap",
+SENSITIVITY = ("stream_eff", "fma_eff", "l2_keep", "t_l2", "loads_ahead", "t_handoff", "t_ramp", "t_gap",
                "t_gemm_min", "host_fused_call", "host_eager_op", "host_compiled_call")
 
 

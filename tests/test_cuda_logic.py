@@ -415,3 +415,20 @@ def test_bits_do_not_depend_on_block_order_batching_l2_or_alignment(layout, dtyp
         for which, outs, base in (("forward", fwd, first[0]), ("backward", bwd, first[1])):
             for k, (a, b) in enumerate(zip(outs, base)):
                 assert torch.equal(a, b), (which, k, run)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_launch_2_bits_are_the_same_with_h_and_da1_staged_in_shared_memory_or_not(layout):
+    # Launch 2 copies its samples' rows of h (forward) and da1 (backward) into shared
+    # memory when they fit behind its constants: 1 sample x 800 floats do, 8 do not
+    # (read from global memory). The dot products keep their order either way.
+    d = make((8, 24, 3, 3), 800, torch.float32, LAYOUTS[layout])
+    outs = []
+    for m in (1, 8):
+        y, z, pre = EMU.forward(d["x"], *params(d), None, "silu", "sigmoid", None, samples2=m)
+        grads = EMU.backward(d["grad_y"], d["x"], z, None, *params(d), "silu", "sigmoid", False,
+                             pre=pre, samples2=m)
+        outs.append([y.contiguous(), pre] + [g.contiguous() for g in grads if g is not None])
+    close(outs[0][0], oracle_forward(d, "silu", "sigmoid", None), torch.float32, "y")
+    for k, (a, b) in enumerate(zip(*outs)):
+        assert torch.equal(a, b), k

@@ -81,24 +81,37 @@ def test_l2_reuse_lowers_the_fused_bytes_when_x_fits():
     assert spills.hbm_bytes > 2.8 * huge.x_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 94 rows below compile (0.53x "
-                   "worst), most of them backward at batch 256: the small layers' loops (one L2 "
-                   "load per iteration) put ~3-25 us on launch 1's last-arrival chain and into "
-                   "every backward launch-2 block (docs/NOTES.md, 'CUDA v3')")
+@pytest.mark.xfail(strict=True, reason="the model predicts 72 rows below compile (0.67x "
+                   "worst), 68 of them backward at batch 256: launch 1's last-arrival chain "
+                   "(~10-30 us over 256-channel groups) and the weight-gradient blocks (~26 us "
+                   "each over the whole batch) are latency-bound (docs/NOTES.md, 'CUDA v3')")
 def test_default_design_is_never_slower_than_torch_compile(targets):
     t = targets["every case"]
     assert t["met"], t["misses"][:5]
 
 
-def test_with_the_three_changes_the_design_meets_the_compile_and_eager_targets(rows):
-    """Launch-2 tiles the model picks, 4x the loads in flight in the small layers, and
-    PDL (the default now; NOTES, 'CUDA v3'): the targets other than 85 % hold."""
-    t = {x["what"].split(" (")[0].split(":")[0]: x
-         for x in gpu_model.check_targets(rows, "fused_all_us")}
-    for name in ("every case", "geomean speedup vs torch.compile", "forward, |x| > L2/2",
-                 "batch-1 forward"):
+def _all_three(rows):
+    return {x["what"].split(" (")[0].split(":")[0]: x
+            for x in gpu_model.check_targets(rows, "fused_all_us")}
+
+
+def test_with_the_three_changes_the_design_meets_the_geomean_and_eager_targets(rows):
+    """Launch-2 tiles the model picks, the small layers' chunks of loads run on across a
+    thread's loops, and PDL without the memset (NOTES, 'CUDA v3')."""
+    t = _all_three(rows)
+    for name in ("geomean speedup vs torch.compile", "batch-1 forward"):
         assert t[name]["met"], (name, t[name]["misses"][:5])
     assert not t["forward, |x| <= L2/2"]["met"]
+
+
+@pytest.mark.xfail(strict=True, reason="with 8 loads ahead (16 spill under the register caps) "
+                   "the model predicts 3 rows below compile (0.86x, MobileNetV3 b14-15 backward "
+                   "on the H200) and 5 forwards below 60 % (55 % worst) even with the three "
+                   "changes")
+def test_with_the_three_changes_the_design_meets_the_compile_and_60_percent_targets(rows):
+    t = _all_three(rows)
+    for name in ("every case", "forward, |x| > L2/2"):
+        assert t[name]["met"], (name, t[name]["misses"][:5])
 
 
 def test_default_design_geomean_over_torch_compile_is_at_least_1_3(targets):
@@ -106,16 +119,12 @@ def test_default_design_geomean_over_torch_compile_is_at_least_1_3(targets):
     assert t["met"] and t["value"] >= 1.3
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 8 batch-1 forwards below 3x "
-                   "eager (2.40x worst, C = 784-960 at 7x7): launch 1's last-arrival chain "
-                   "(8-20 us) and, in fp32 NCHW, launch 2's prologue are latency-bound loops "
-                   "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_batch_1_forward_is_3x_eager(targets):
     t = targets["batch-1 forward"]
     assert t["met"], t["misses"][:5]
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 24-60 %: two launches, their "
+@pytest.mark.xfail(strict=True, reason="the model predicts 28 % at worst: two launches, their "
                    "ramps and the last-arrival chain cost more than the 8-15 us floors "
                    "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_half_l2(
@@ -123,7 +132,7 @@ def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_
     assert targets["forward, |x| <= L2/2"]["met"]
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 28 rows below 60 %, 45 % worst: "
+@pytest.mark.xfail(strict=True, reason="the model predicts 20 rows below 60 %, 47 % worst: "
                    "the small layers' latency-bound loops and the fixed costs "
                    "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_60_percent_of_the_roofline_elsewhere(targets):

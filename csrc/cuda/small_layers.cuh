@@ -49,39 +49,85 @@ inline Layers<acc_t> layers_of(const Launch& l) {
           Gate(l.gate), l.plan.one_layer};
 }
 
-// out[m] = sum_k a(m, k) w[k] for m < M, k < K: lane l takes k = l, l + 32, ...
-// (fused multiply-adds), then the lanes' sums are added in a fixed xor tree. Every
-// lane of the warp calls it (M is the same in all) and gets the sums.
-template <int MM, typename acc_t, typename AF>
-SE_DEV void warp_dot(const acc_t* w, int64_t K, int M, const AF& a, acc_t (&out)[MM]) {
+// Dot products of a warp, one per row i < rows of weights (w_of(i): K values):
+// out[m] = sum_k a(m, k) w[k] for m < M. Lane l takes k = l, l + 32, ... (fused
+// multiply-adds), then the lanes' sums are added in a fixed xor tree and done(i, out)
+// gets them in every lane. a reads shared memory; the weights of successive rows are
+// one stream of loads ahead (ahead_loop), so a row of few weights does not cost a
+// round trip of its own. Every lane of the warp calls it with the same rows, K and M.
+template <int MM, typename acc_t, typename WF, typename AF, typename Done>
+SE_DEV void warp_dots(int rows, int K, int M, const WF& w_of, const AF& a, const Done& done) {
+  const int lane = threadIdx.x % 32;
+  const int T = int(imax(1, ceil_div(K, 32)));  // steps per row, the same in every lane
+  acc_t out[MM];
 #pragma unroll
   for (int m = 0; m < MM; ++m) out[m] = acc_t(0);
-  for (int64_t k = threadIdx.x % 32; k < K; k += 32) {
-    const acc_t wk = load_ro(w + k);
+  auto step = [&](int64_t s, int* i, int* j) {  // step s: row i, k = lane + 32 j
+    *i = int(s) / T;
+    *j = int(s) - *i * T;
+  };
+  ahead_loop<kAhead<acc_t>>(
+      0, int64_t(rows) * T, 1,
+      [&](int64_t s) {
+        int i, j;
+        step(s, &i, &j);
+        const int k = lane + 32 * j;
+        return k < K ? load_ro(w_of(i) + k) : acc_t(0);
+      },
+      [&](acc_t wk, int64_t s) {
+        int i, j;
+        step(s, &i, &j);
+        const int k = lane + 32 * j;
+        if (k < K) {
 #pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      if (m < M) out[m] = se_fma(wk, a(m, k), out[m]);
-    }
-  }
+          for (int m = 0; m < MM; ++m) {
+            if (m < M) out[m] = se_fma(wk, a(m, k), out[m]);
+          }
+        }
+        if (j == T - 1) {  // the row's last step, in every lane at once
 #pragma unroll
-  for (int m = 0; m < MM; ++m) {
-    if (m < M) out[m] = group_sum(out[m], 32);
-  }
+          for (int m = 0; m < MM; ++m) {
+            if (m < M) out[m] = group_sum(out[m], 32);
+          }
+          done(i, out);
+#pragma unroll
+          for (int m = 0; m < MM; ++m) out[m] = acc_t(0);
+        }
+      });
 }
 
-// out[m] = sum_k a(m, k) w[k * ld] for m < M, k ascending, in one thread.
-template <int MM, typename acc_t, typename AF>
+// out[m] = sum_k a(m, k) w[k * ld] for m < M, k ascending, in one thread; a reads
+// shared memory, the weights are loaded J ahead.
+template <int MM, int J, typename acc_t, typename AF>
 SE_DEV void column_dot(const acc_t* w, int64_t ld, int64_t K, int M, const AF& a,
                        acc_t (&out)[MM]) {
 #pragma unroll
   for (int m = 0; m < MM; ++m) out[m] = acc_t(0);
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t wk = load_ro(w + k * ld);
+  ahead_loop<J>(
+      0, K, 1, [&](int64_t k) { return load_ro(w + k * ld); },
+      [&](acc_t wk, int64_t k) {
 #pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      if (m < M) out[m] = se_fma(wk, a(m, k), out[m]);
-    }
-  }
+        for (int m = 0; m < MM; ++m) {
+          if (m < M) out[m] = se_fma(wk, a(m, k), out[m]);
+        }
+      });
+}
+
+// Launch 2's prologue reads rows [n0, n0 + M) of an (N, R) tensor of the earlier
+// launch (h, or da1) once per channel: staged in the shared memory behind the
+// block's constants when they fit (the caller's constants start the kernel's
+// kSmemBytes buffer and take `used` bytes), loaded ahead by all the block's threads.
+// Returns the rows (row m at m * R), or nullptr: read them from global memory.
+template <typename acc_t>
+SE_DEV const acc_t* stage_rows(const acc_t* src, int64_t n0, int M, int64_t R, acc_t* dst,
+                               int64_t used) {
+  if (int64_t(M) * R * int64_t(sizeof(acc_t)) > kSmemBytes - used) return nullptr;
+  const acc_t* rows = src + n0 * R;  // contiguous
+  ahead_loop<kAhead<acc_t>>(
+      threadIdx.x, int64_t(M) * R, kThreads, [&](int64_t e) { return load_ro(rows + e); },
+      [&](acc_t v, int64_t e) { dst[e] = v; });
+  __syncthreads();
+  return dst;
 }
 
 // The samples [n0, n0 + M) of sample tile st and the channels [c0, c0 + nc) of
@@ -115,7 +161,10 @@ SE_DEV void last_arrivals(const Plan& p, int64_t n, int64_t ct, uint32_t* counte
 template <typename acc_t>
 SE_DEV acc_t sum_of_groups(const Plan& p, const acc_t* shares, int64_t n, int64_t r) {
   acc_t a = acc_t(0);
-  for (int64_t g = 0; g < p.CGn; ++g) a += load_cg(shares + (n * p.CGn + g) * p.R + r);
+  const acc_t* col = shares + n * p.CGn * p.R + r;
+  ahead_loop<kAhead<acc_t>>(
+      0, p.CGn, 1, [&](int64_t g) { return load_cg(col + g * p.R); },
+      [&](acc_t v, int64_t) { a += v; });
   return a;
 }
 
@@ -137,16 +186,18 @@ SE_DEV void forward_group(const Plan& p, const Layers<acc_t>& L, const Excite<ac
     store1(X.z + n * p.C + c, z);
   }
   __syncthreads();
-  const int lane = threadIdx.x % 32;
-  for (int64_t r = threadIdx.x / 32; r < p.R; r += kWarps) {
-    acc_t acc[MM];
-    warp_dot<MM>(L.w1 + r * p.C + f.c0, f.nc, f.M,
-                 [&](int m, int64_t k) { return zs[m * f.nc + k]; }, acc);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;  // rows r = warp + 8 i
+  warp_dots<MM, acc_t>(
+      int(ceil_div(imax(0, p.R - warp), kWarps)), f.nc, f.M,
+      [&](int i) { return L.w1 + (warp + int64_t(kWarps) * i) * p.C + f.c0; },
+      [&](int m, int k) { return zs[m * f.nc + k]; },
+      [&](int i, const acc_t(&acc)[MM]) {
+        const int64_t r = warp + int64_t(kWarps) * i;
 #pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      if (m < f.M && lane == 0) store1(X.p + ((f.n0 + m) * p.CGn + cg) * p.R + r, acc[m]);
-    }
-  }
+        for (int m = 0; m < MM; ++m) {
+          if (m < f.M && lane == 0) store1(X.p + ((f.n0 + m) * p.CGn + cg) * p.R + r, acc[m]);
+        }
+      });
 }
 
 // a1 = sum of P over the groups, in group order, + b1 (into pre); h = act(a1).
@@ -181,19 +232,24 @@ SE_DEV void forward_gates(const Plan& p, const Layers<acc_t>& L, const Excite<ac
     }
     return;
   }
-  for (int ch = threadIdx.x / 32; ch < nch; ch += kWarps) {
-    const int64_t c = cb + ch;
-    acc_t acc[MM];
-    warp_dot<MM>(L.w2 + c * R, R, M, [&](int m, int64_t k) { return load_ro(X.h + (n0 + m) * R + k); },
-                 acc);
-    if (threadIdx.x % 32 == 0) {
-      const acc_t b = L.b2 != nullptr ? load_ro(L.b2 + c) : acc_t(0);
+  const acc_t* hs = stage_rows(X.h, n0, M, R, s_sm + M * nch, int64_t(sizeof(acc_t)) * M * nch);
+  auto h = [&](int m, int k) {
+    return hs != nullptr ? hs[m * R + k] : load_ro(X.h + (n0 + m) * R + k);
+  };
+  const int warp = threadIdx.x / 32;  // channels ch = warp + 8 i
+  warp_dots<MM, acc_t>(
+      int(ceil_div(imax(0, nch - warp), kWarps)), int(R), M,
+      [&](int i) { return L.w2 + (cb + warp + int64_t(kWarps) * i) * R; }, h,
+      [&](int i, const acc_t(&acc)[MM]) {
+        const int ch = warp + kWarps * i;
+        if (threadIdx.x % 32 != 0) return;
+        const int64_t c = cb + ch;
+        const acc_t b = L.b2 != nullptr ? load_ro(L.b2 + c) : acc_t(0);
 #pragma unroll
-      for (int m = 0; m < MM; ++m) {
-        if (m < M) put(m, ch, L.b2 != nullptr ? acc[m] + b : acc[m]);
-      }
-    }
-  }
+        for (int m = 0; m < MM; ++m) {
+          if (m < M) put(m, ch, L.b2 != nullptr ? acc[m] + b : acc[m]);
+        }
+      });
 }
 
 // ---- backward ---------------------------------------------------------------------
@@ -221,7 +277,9 @@ SE_DEV void backward_group(const Plan& p, const Layers<acc_t>& L, const Excite<a
   __syncthreads();
   for (int64_t r = threadIdx.x; r < R; r += kThreads) {
     acc_t acc[MM];
-    column_dot<MM>(L.w2 + f.c0 * R + r, R, f.nc, f.M,
+    // half the chunk: under launch 1's register cap, a full one beside the MM
+    // accumulators spills (ptxas)
+    column_dot<MM, kAhead<acc_t> / 2>(L.w2 + f.c0 * R + r, R, f.nc, f.M,
                    [&](int m, int64_t k) { return ds[m * f.nc + k]; }, acc);
 #pragma unroll
     for (int m = 0; m < MM; ++m) {
@@ -252,11 +310,15 @@ SE_DEV void backward_consts(const Plan& p, const Layers<acc_t>& L, const Excite<
   constexpr int MM = MaxSamples<acc_t>::value;
   const int64_t R = p.R, C = p.C;
   const acc_t inv_hw = static_cast<acc_t>(p.inv_hw);
+  const acc_t* ds = stage_rows(X.da1, n0, M, R, d_sm + M * nch,
+                               int64_t(sizeof(acc_t)) * 2 * M * nch);
+  auto da1 = [&](int m, int64_t k) {
+    return ds != nullptr ? ds[m * R + k] : load_ro(X.da1 + (n0 + m) * R + k);
+  };
   for (int ch = threadIdx.x; ch < nch; ch += kThreads) {
     const int64_t c = cb + ch;
     acc_t acc[MM];
-    column_dot<MM>(L.w1 + c, C, R, M,
-                   [&](int m, int64_t k) { return load_ro(X.da1 + (n0 + m) * R + k); }, acc);
+    column_dot<MM, kAhead<acc_t>>(L.w1 + c, C, R, M, da1, acc);
 #pragma unroll
     for (int m = 0; m < MM; ++m) {
       if (m < M) {
@@ -289,18 +351,32 @@ SE_DEV void grad_tile(int64_t N, const acc_t* rows, int64_t ld_rows, int64_t nro
   acc_t acc[kPer], bsum[kPer];
 #pragma unroll
   for (int i = 0; i < kPer; ++i) acc[i] = bsum[i] = acc_t(0);
-  for (int64_t n = 0; n < N; ++n) {
-    const acc_t cv = c < ncols ? load_ro(cols + n * ld_cols + c) : acc_t(0);
+  struct Operands {
+    acc_t c, r[kPer];
+  };
+  // a chunk and a half (3 iterations of 5 loads): a weight-gradient block holds
+  // nothing else; 4 iterations spill (ptxas)
+  ahead_loop<ahead_steps(1 + kPer, 3 * kAhead<acc_t> / 2)>(
+      0, N, 1,
+      [&](int64_t n) {
+        Operands o;
+        o.c = c < ncols ? load_ro(cols + n * ld_cols + c) : acc_t(0);
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int64_t r = r0 + warp + kWarps * i;
-      if (r < nrows) {
-        const acc_t rv = load_ro(rows + n * ld_rows + r);
-        acc[i] = se_fma(rv, cv, acc[i]);
-        bsum[i] += rv;
-      }
-    }
-  }
+        for (int i = 0; i < kPer; ++i) {
+          const int64_t r = r0 + warp + kWarps * i;
+          o.r[i] = r < nrows ? load_ro(rows + n * ld_rows + r) : acc_t(0);
+        }
+        return o;
+      },
+      [&](const Operands& o, int64_t) {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+          if (r0 + warp + kWarps * i < nrows) {
+            acc[i] = se_fma(o.r[i], o.c, acc[i]);
+            bsum[i] += o.r[i];
+          }
+        }
+      });
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int64_t r = r0 + warp + kWarps * i;

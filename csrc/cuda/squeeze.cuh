@@ -237,13 +237,56 @@ SE_DEV void reduce_block_tile(const Plan& p, const Src& src, const Pieces<acc_t>
   }
 }
 
+// ---- loads ahead ---------------------------------------------------------------
+// The finalizers' and prologues' loops (row_total here, the small layers) read L2
+// with a run-time trip count: a thread issues a chunk of loads before it uses the
+// first of them, so it waits for one round trip per chunk, not per few iterations.
+// kLoadsAhead 4-byte values a chunk (half as many doubles): 16 spill under the
+// register caps of se_cuda_common.cuh (ptxas). SE_FUSED_LOADS_AHEAD overrides it to
+// compare chunk sizes on a GPU; results do not change.
+#ifndef SE_FUSED_LOADS_AHEAD
+#define SE_FUSED_LOADS_AHEAD 8
+#endif
+constexpr int kLoadsAhead = SE_FUSED_LOADS_AHEAD;
+template <typename acc_t>
+constexpr int kAhead = kLoadsAhead * 4 / int(sizeof(acc_t));
+
+// Iterations per chunk of `chunk` loads of a loop that loads `loads` values an
+// iteration.
+constexpr int ahead_steps(int loads, int chunk) { return (chunk + loads - 1) / loads; }
+
+// for (k = begin; k < end; k += step) use(load(k), k), in chunks of J iterations:
+// the chunk's loads (past the end: a zero value, no access) all come before its
+// uses, and the uses run in the loop's own order, so every sum keeps its bits.
+template <int J, typename Load, typename Use>
+SE_DEV void ahead_loop(int64_t begin, int64_t end, int64_t step, const Load& load,
+                       const Use& use) {
+  using V = decltype(load(begin));
+  for (int64_t k0 = begin; k0 < end; k0 += int64_t(J) * step) {
+    V v[J];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int64_t k = k0 + int64_t(j) * step;
+      v[j] = k < end ? load(k) : V{};
+    }
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int64_t k = k0 + int64_t(j) * step;
+      if (k < end) use(v[j], k);
+    }
+  }
+}
+
 // Sum over H*W of channel c of sample n, from the pieces of all its tiles, in tile
 // order (read by launch 1's last-arriving block: load_cg).
 template <bool CL, typename acc_t>
 SE_DEV acc_t row_total(const Plan& p, const Pieces<acc_t>& in, int64_t n, int64_t c) {
+  acc_t s = acc_t(0);
+  auto add = [&](acc_t v, int64_t) { s += v; };
   if constexpr (CL) {
-    acc_t s = acc_t(0);
-    for (int64_t pt = 0; pt < p.t.Tp; ++pt) s += load_cg(in.part + (n * p.t.Tp + pt) * p.C + c);
+    const acc_t* col = in.part + n * p.t.Tp * p.C + c;
+    ahead_loop<kAhead<acc_t>>(
+        0, p.t.Tp, 1, [&](int64_t pt) { return load_cg(col + pt * p.C); }, add);
     return s;
   }
   const int64_t ct = c / p.t.CTw;
@@ -251,8 +294,9 @@ SE_DEV acc_t row_total(const Plan& p, const Pieces<acc_t>& in, int64_t n, int64_
   const int64_t tf = q0 >> p.t.log2_L, tl = (q0 + p.HW - 1) >> p.t.log2_L;
   if (tf == tl) return load_cg(in.rowsum + n * p.C + c);
   const acc_t* e = in.edges + (n * p.t.CTn + ct) * p.t.Tp * 2;
-  acc_t s = load_cg(e + tf * 2 + 1);
-  for (int64_t t = tf + 1; t <= tl; ++t) s += load_cg(e + t * 2);
+  s = load_cg(e + tf * 2 + 1);
+  ahead_loop<kAhead<acc_t>>(tf + 1, tl + 1, 1, [&](int64_t t) { return load_cg(e + t * 2); },
+                            add);
   return s;
 }
 
