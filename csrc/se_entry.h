@@ -118,8 +118,8 @@ se_backward_entry(const at::Tensor& grad_y, const at::Tensor& x, const at::Tenso
                   const c10::optional<at::Tensor>& b2, c10::string_view activation,
                   c10::string_view gate, bool want_grad_residual, bool x_is_output,
                   const c10::optional<at::Tensor>& pre) {
-  const BackwardInputs in{grad_y, x,          z,    y,    w1, b1, w2, b2, activation,
-                          gate,   want_grad_residual, x_is_output, pre};
+  const BackwardInputs in{grad_y, x, z, y, w1, b1, w2, b2, activation, gate, want_grad_residual,
+                          x_is_output, pre};
   const BackwardCall c = prepare_backward(check_backward_args(in), in);
   if (c.gx.numel() > 0) Backend::backward(c);
   return {c.gx, c.gres, c.gw1, c.gb1, c.gw2, c.gb2};
