@@ -1,10 +1,25 @@
 // Output allocation and input layout for both back ends, so the CPU and CUDA
-// entry points differ only in their kernels.
-#include "se_common.h"
+// back ends differ only in their kernels.
+#include "se_entry.h"
 
 namespace se_fused {
 
 namespace {
+
+// The output allocation rule shared with the Python fake kernels: x's exact
+// strides when x is dense NCHW or NHWC, otherwise a fresh NCHW tensor.
+at::Tensor empty_like_layout(const at::Tensor& x) {
+  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return at::empty_like(x);
+  }
+  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// t (x, residual, a gradient) in the layout `like` has, copied only when needed.
+at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  if (like.is_contiguous()) return t.contiguous();
+  return t.contiguous(at::MemoryFormat::ChannelsLast);
+}
 
 ParamTensors params_in(at::ScalarType acc, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
@@ -17,37 +32,31 @@ ParamTensors params_in(at::ScalarType acc, const at::Tensor& w1,
 
 }  // namespace
 
-ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
-                            const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
-                            const c10::optional<at::Tensor>& b2,
-                            const c10::optional<at::Tensor>& residual, bool inplace) {
+ForwardCall prepare_forward(const SEArgs& checked, const ForwardInputs& in) {
+  const at::Tensor& x = in.x;
   ForwardCall c;
   c.a = checked;
-  if (inplace) check_inplace_x(x);
-  c.y = inplace ? x : empty_like_layout(x);
+  c.y = in.inplace ? x : empty_like_layout(x);
   c.a.channels_last = !c.y.is_contiguous();
   const auto acc = acc_dtype(x.scalar_type());
   c.z = at::empty({c.a.N, c.a.C}, x.options().dtype(acc));
   c.pre = at::empty({c.a.N, c.a.R + c.a.C}, x.options().dtype(acc));
   if (c.y.numel() == 0) return c;
   c.x = in_layout_of(x, c.y);
-  if (residual.has_value()) c.res = in_layout_of(*residual, c.y);
-  c.p = params_in(acc, w1, b1, w2, b2);
+  if (in.residual.has_value()) c.res = in_layout_of(*in.residual, c.y);
+  c.p = params_in(acc, in.w1, in.b1, in.w2, in.b2);
   return c;
 }
 
-BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at::Tensor& x,
-                              const at::Tensor& z, const c10::optional<at::Tensor>& y,
-                              const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                              const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-                              bool want_grad_residual, const c10::optional<at::Tensor>& pre) {
+BackwardCall prepare_backward(const SEArgs& checked, const BackwardInputs& in) {
+  const at::Tensor& x = in.x;
   BackwardCall c;
   c.a = checked;
   const auto acc = acc_dtype(x.scalar_type());
   c.gx = empty_like_layout(x);
   c.a.channels_last = !c.gx.is_contiguous();
-  c.gres = (c.a.out_relu && want_grad_residual) ? at::empty_like(c.gx)
-                                                : at::empty({0}, x.options());
+  c.gres = (c.a.out_relu && in.want_grad_residual) ? at::empty_like(c.gx)
+                                                   : at::empty({0}, x.options());
   const auto popts = x.options().dtype(acc);
   c.gw1 = at::empty({c.a.R, c.a.C}, popts);
   c.gb1 = at::empty({c.a.R}, popts);
@@ -58,12 +67,12 @@ BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at
     for (at::Tensor* t : {&c.gw1, &c.gb1, &c.gw2, &c.gb2}) t->zero_();
     return c;
   }
-  c.gy = in_layout_of(grad_y, c.gx);
+  c.gy = in_layout_of(in.grad_y, c.gx);
   c.x = in_layout_of(x, c.gx);
-  if (c.a.out_relu) c.y = in_layout_of(y->to(x.scalar_type()), c.gx);
-  c.z = z.to(acc).contiguous();
-  if (has_values(pre)) c.pre = pre->contiguous();
-  c.p = params_in(acc, w1, b1, w2, b2);
+  if (c.a.out_relu) c.y = in_layout_of(in.y->to(x.scalar_type()), c.gx);
+  c.z = in.z.to(acc).contiguous();
+  if (has_values(in.pre)) c.pre = in.pre->contiguous();
+  c.p = params_in(acc, in.w1, in.b1, in.w2, in.b2);
   return c;
 }
 

@@ -1,30 +1,39 @@
 // The one place where the arguments of the SE ops are validated. Every message
 // names the offending argument; the exception type follows Python's
 // conventions (ValueError for shapes and names, TypeError for dtypes).
-#include "se_common.h"
+#include "se_entry.h"
 
 namespace se_fused {
 
 namespace {
 
-bool is_supported_x_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+DType x_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::Float;
+    case at::kHalf:
+      return DType::Half;
+    case at::kBFloat16:
+      return DType::BFloat16;
+    case at::kDouble:
+      return DType::Double;
+    default:
+      TORCH_CHECK_TYPE(false, "se_fused: x must be float32, float16, bfloat16 or float64, got ",
+                       t);
+  }
 }
 
-Act parse_activation(c10::string_view name) {
-  if (name == "relu") return Act::ReLU;
-  if (name == "silu") return Act::SiLU;
-  if (name == "hardswish") return Act::HardSwish;
-  if (name == "gelu") return Act::GELU;
-  TORCH_CHECK_VALUE(false,
-                    "se_fused: activation must be 'relu', 'silu', 'hardswish' or 'gelu', got '",
-                    std::string(name), "'");
-}
-
-Gate parse_gate(c10::string_view name) {
-  if (name == "sigmoid") return Gate::Sigmoid;
-  if (name == "hardsigmoid") return Gate::HardSigmoid;
-  TORCH_CHECK_VALUE(false, "se_fused: gate must be 'sigmoid' or 'hardsigmoid', got '",
+// The enum value whose name (kActNames, kGateNames) is `name`; the message lists them.
+template <typename Enum, size_t K>
+Enum parse_name(c10::string_view name, const char* const (&names)[K], const char* what) {
+  for (size_t i = 0; i < K; ++i) {
+    if (name == names[i]) return Enum(i);
+  }
+  std::string choices;
+  for (size_t i = 0; i < K; ++i) {
+    choices += std::string(i == 0 ? "" : i + 1 == K ? " or " : ", ") + "'" + names[i] + "'";
+  }
+  TORCH_CHECK_VALUE(false, "se_fused: ", what, " must be ", choices, ", got '",
                     std::string(name), "'");
 }
 
@@ -62,9 +71,7 @@ SEArgs check_common(const at::Tensor& x, const at::Tensor& w1,
   SEArgs a;
   TORCH_CHECK_VALUE(x.dim() == 4, "se_fused: x must be 4-D (N, C, H, W), got ", x.dim(),
                     "-D with shape ", x.sizes());
-  TORCH_CHECK_TYPE(is_supported_x_dtype(x.scalar_type()),
-                   "se_fused: x must be float32, float16, bfloat16 or float64, got ",
-                   x.scalar_type());
+  a.dtype = x_dtype(x.scalar_type());
   a.N = x.size(0);
   a.C = x.size(1);
   a.H = x.size(2);
@@ -74,8 +81,8 @@ SEArgs check_common(const at::Tensor& x, const at::Tensor& w1,
 
   check_parameter(w1, "w1", x);
   // The name is checked in both forms; the one-layer form has no activation to apply.
-  a.act = parse_activation(activation);
-  a.gate = parse_gate(gate);
+  a.act = parse_name<Act>(activation, kActNames, "activation");
+  a.gate = parse_name<Gate>(gate, kGateNames, "gate");
   a.one_layer = !w2.has_value();
   if (a.one_layer) {
     TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(0) == a.C && w1.size(1) == a.C,
@@ -113,33 +120,11 @@ at::ScalarType acc_dtype(at::ScalarType x_dtype) {
   return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-void check_inplace_x(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast),
-                    "se_fused: inplace=True needs x dense in NCHW or channels_last, got strides ",
-                    x.strides(), " for shape ", x.sizes());
-}
-
-at::Tensor empty_like_layout(const at::Tensor& x) {
-  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return at::empty_like(x);
-  }
-  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-}
-
-at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
-  if (like.is_contiguous()) return t.contiguous();
-  return t.contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
-                          const c10::optional<at::Tensor>& b1,
-                          const c10::optional<at::Tensor>& w2,
-                          const c10::optional<at::Tensor>& b2,
-                          const c10::optional<at::Tensor>& residual,
-                          c10::string_view activation, c10::string_view gate,
-                          c10::string_view out_activation) {
-  SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
-  a.out_relu = parse_out_activation(out_activation);
+SEArgs check_forward_args(const ForwardInputs& in) {
+  const at::Tensor& x = in.x;
+  const c10::optional<at::Tensor>& residual = in.residual;
+  SEArgs a = check_common(x, in.w1, in.b1, in.w2, in.b2, in.activation, in.gate);
+  a.out_relu = parse_out_activation(in.out_activation);
   if (residual.has_value()) {
     check_same_device(*residual, "residual", x);
     TORCH_CHECK_VALUE(residual->sizes() == x.sizes(), "se_fused: residual must have x's shape ",
@@ -148,19 +133,21 @@ SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
                      "se_fused: residual must have x's dtype ", x.scalar_type(), ", got ",
                      residual->scalar_type());
   }
+  // y is written over x, in x's strides.
+  TORCH_CHECK_VALUE(!in.inplace || x.is_contiguous() ||
+                        x.is_contiguous(at::MemoryFormat::ChannelsLast),
+                    "se_fused: inplace=True needs x dense in NCHW or channels_last, got strides ",
+                    x.strides(), " for shape ", x.sizes());
   return a;
 }
 
-SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
-                           const at::Tensor& z, const c10::optional<at::Tensor>& y,
-                           const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                           const c10::optional<at::Tensor>& w2,
-                           const c10::optional<at::Tensor>& b2, c10::string_view activation,
-                           c10::string_view gate, bool x_is_output, const c10::optional<at::Tensor>& pre) {
-  SEArgs a = check_common(x, w1, b1, w2, b2, activation, gate);
+SEArgs check_backward_args(const BackwardInputs& in) {
+  const at::Tensor &grad_y = in.grad_y, &x = in.x, &z = in.z;
+  const c10::optional<at::Tensor>&y = in.y, &pre = in.pre;
+  SEArgs a = check_common(x, in.w1, in.b1, in.w2, in.b2, in.activation, in.gate);
   a.out_relu = y.has_value();
-  a.from_y = x_is_output;
-  TORCH_CHECK_VALUE(!(x_is_output && y.has_value()),
+  a.from_y = in.x_is_output;
+  TORCH_CHECK_VALUE(!(in.x_is_output && y.has_value()),
                     "se_fused: x_is_output (the y-only backward) needs a call without epilogue, "
                     "but y (the output-relu mask) was given");
   check_same_device(grad_y, "grad_y", x);

@@ -1,16 +1,14 @@
 // Shared by the CPU and CUDA kernels: the parsed arguments of one SE call and
 // the scalar math of the two small layers (forward and derivative), so both
-// back ends compute exactly the same functions.
+// back ends compute exactly the same functions. Plain C++ without ATen (the CUDA
+// kernel files and their CPU emulation include it; ATen/ATen.h adds ~15 s of nvcc
+// time to each file); the ATen side of a call is se_entry.h.
 #pragma once
 
-// SE_FUSED_MATH_ONLY: only the scalar math, without ATen (the CUDA kernel files and
-// their CPU emulation; ATen/ATen.h adds ~15 s of nvcc time to each file).
-#if !defined(SE_FUSED_MATH_ONLY)
-#include <ATen/ATen.h>
-#endif
 #include <cmath>
 #include <cstdint>
-#include <string>
+
+#include "se_dispatch.h"
 
 #if defined(__CUDACC__)
 #define SE_HD __host__ __device__ __forceinline__
@@ -20,14 +18,10 @@
 
 namespace se_fused {
 
-// The activation between the two small layers. Identity is the one-layer form
-// (effective SE: s = gate(W1 z + b1)), set by the checks when w2 is None.
-enum class Act : int { ReLU = 0, SiLU = 1, HardSwish = 2, GELU = 3, Identity = 4 };
-enum class Gate : int { Sigmoid = 0, HardSigmoid = 1 };
-
 // Everything a kernel needs to know about one call, validated once.
 struct SEArgs {
   int64_t N = 0, C = 0, H = 0, W = 0, R = 0;
+  DType dtype = DType::Float;  // x's
   Act act = Act::ReLU;
   Gate gate = Gate::Sigmoid;
   bool out_relu = false;
@@ -148,115 +142,5 @@ SE_HD T gate_input_grad(Gate g, T a2, T d, bool from_y) {
   if (g == Gate::Sigmoid) return d * (T(1) - sigmoid(a2));
   return (a2 > T(-3) && a2 < T(3)) ? d / (a2 + T(3)) : T(0);
 }
-
-#if !defined(SE_FUSED_MATH_ONLY)
-
-// Argument checks (se_checks.cpp): the single place that validates user input.
-SEArgs check_forward_args(const at::Tensor& x, const at::Tensor& w1,
-                          const c10::optional<at::Tensor>& b1,
-                          const c10::optional<at::Tensor>& w2,
-                          const c10::optional<at::Tensor>& b2,
-                          const c10::optional<at::Tensor>& residual,
-                          c10::string_view activation, c10::string_view gate,
-                          c10::string_view out_activation);
-
-SEArgs check_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
-                           const at::Tensor& z, const c10::optional<at::Tensor>& y,
-                           const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                           const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-                           c10::string_view activation, c10::string_view gate,
-                           bool x_is_output, const c10::optional<at::Tensor>& pre);
-
-// Whether se_backward's optional pre was given with values (an empty one means none).
-inline bool has_values(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() && t->numel() > 0;
-}
-
-// se_forward_ writes y over x: x must be dense NCHW or channels_last.
-void check_inplace_x(const at::Tensor& x);
-
-// The output allocation rule shared with the Python fake kernels: x's exact
-// strides when x is dense NCHW or NHWC, otherwise a fresh NCHW tensor.
-at::Tensor empty_like_layout(const at::Tensor& x);
-
-// x (or residual / grad) in the layout `like` has, copied only when needed.
-at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like);
-
-// Float type the squeeze and small layers use: double for double x, else float.
-at::ScalarType acc_dtype(at::ScalarType x_dtype);
-
-// The small layers' parameters in the accumulation dtype, contiguous; an
-// undefined bias means none, an undefined w2 (and b2) the one-layer form.
-struct ParamTensors {
-  at::Tensor w1, b1, w2, b2;
-};
-
-// One call's tensors as both back ends' kernels take them (se_buffers.cpp):
-// outputs allocated, inputs in the outputs' layout, a.channels_last set.
-// In place, y is x itself (the kernels must allow y == x: each element is read
-// before it is written, by the same thread).
-struct ForwardCall {
-  SEArgs a;
-  at::Tensor y, z;    // outputs
-  at::Tensor pre;     // output: (N, R + C), [a1 | a2] per sample
-  at::Tensor x, res;  // res undefined without a residual
-  ParamTensors p;
-};
-ForwardCall prepare_forward(SEArgs checked, const at::Tensor& x, const at::Tensor& w1,
-                            const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
-                            const c10::optional<at::Tensor>& b2,
-                            const c10::optional<at::Tensor>& residual, bool inplace = false);
-
-// se_forward and se_forward_ of one back end, from its run(x, ..., inplace).
-using RunForward = ForwardCall (*)(const at::Tensor&, const at::Tensor&,
-                                   const c10::optional<at::Tensor>&,
-                                   const c10::optional<at::Tensor>&,
-                                   const c10::optional<at::Tensor>&,
-                                   const c10::optional<at::Tensor>&, c10::string_view,
-                                   c10::string_view, c10::string_view, bool);
-template <RunForward Run>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, false);
-  return {c.y, c.z, c.pre};
-}
-template <RunForward Run>
-std::tuple<at::Tensor, at::Tensor> forward_inplace_op(
-    const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-    const c10::optional<at::Tensor>& residual, c10::string_view activation,
-    c10::string_view gate, c10::string_view out_activation) {
-  const ForwardCall c = Run(x, w1, b1, w2, b2, residual, activation, gate, out_activation, true);
-  return {c.z, c.pre};
-}
-
-struct BackwardCall {
-  SEArgs a;
-  // outputs; gres is (0,) unless requested, gw2 and gb2 (0,) in the one-layer form
-  at::Tensor gx, gres, gw1, gb1, gw2, gb2;
-  at::Tensor gy, x, y, z;                    // y undefined without the output relu
-  at::Tensor pre;                            // undefined: recompute a1, a2 from z
-  ParamTensors p;
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs()
-      const {
-    return {gx, gres, gw1, gb1, gw2, gb2};
-  }
-};
-// With an empty x the parameter gradients come back zeroed and nothing else is prepared.
-BackwardCall prepare_backward(SEArgs checked, const at::Tensor& grad_y, const at::Tensor& x,
-                              const at::Tensor& z, const c10::optional<at::Tensor>& y,
-                              const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                              const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-                              bool want_grad_residual, const c10::optional<at::Tensor>& pre);
-
-template <typename T>
-T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
-}
-
-#endif  // !SE_FUSED_MATH_ONLY
 
 }  // namespace se_fused

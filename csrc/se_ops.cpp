@@ -1,6 +1,6 @@
-// The op schemas, in one place. Kernels register against them per device
-// (csrc/cpu, csrc/cuda); fake kernels, autograd and the public function live
-// in se_fused/ops.py.
+// The op schemas, in one place. Each device registers the shared entries of
+// se_entry.h bound to its back end (csrc/cpu, csrc/cuda); fake kernels, autograd
+// and the public function live in se_fused/ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -15,7 +15,8 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(se_fused, m) {
   // y = out_act(x * gate(W2 act(W1 mean_hw(x) + b1) + b2) + residual); z = mean_hw(x)
   // (float32, float64 for float64 x), kept for the backward.
-  // act in {relu, silu, hardswish, gelu}. w2 None is the one-layer form (effective SE):
+  // act and gate: the names of se_dispatch.h (kActNames, kGateNames). w2 None is the
+  // one-layer form (effective SE):
   // y = x * gate(W1 mean_hw(x) + b1) with w1 (C, C), b2 None too; the activation name is
   // still checked but not applied, and pre's two halves are both a1 (R = C).
   // pre = [a1 | a2], (N, R + C) in z's dtype: the pre-activations of the two small

@@ -21,18 +21,16 @@
 // intrinsics (_mm512_reduce_add_ps, _mm512_max_ps) as uninitialised.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 #include "cpu/se_cpu_gemm.h"
 #include "cpu/se_cpu_rows.h"
-#include "se_common.h"
+#include "se_entry.h"
 
 namespace se_fused {
 namespace {
@@ -93,15 +91,6 @@ bool per_thread_schedule(int64_t N) {
 int64_t thread_share(int64_t N) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   return (N + threads - 1) / threads;
-}
-
-template <typename F>
-void bool_switch(bool flag, const F& f) {
-  if (flag) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
 }
 
 // Intermediates (the small layers' vectors, pixel-chunk sums: at most a few MiB)
@@ -233,9 +222,8 @@ void forward_kernel(const SEArgs& a, const scalar_t* x, const scalar_t* res, sca
       for (int64_t j = j0; j < j1; ++j) s[i * C + j] = gate_forward(a.gate, pre[i * RC + R + j]);
   };
 
-  bool_switch(res != nullptr, [&](auto has_res) {
-    bool_switch(a.out_relu, [&](auto relu) {
-      constexpr bool kRes = decltype(has_res)::value, kRelu = decltype(relu)::value;
+  SE_BOOL_SWITCH(res != nullptr, kRes, [&] {
+    SE_BOOL_SWITCH(a.out_relu, kRelu, [&] {
       // rows n * C + c in [r0, r1) (NCHW), pixels n * HW + q in [q0, q1) (channels_last)
       auto scale_rows = [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -394,8 +382,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
       for (int64_t j = j0; j < j1; ++j) w.d[i * C + j] *= inv_hw;
   };
 
-  bool_switch(gres != nullptr, [&](auto want_res) {
-    constexpr bool kRes = decltype(want_res)::value;
+  SE_BOOL_SWITCH(gres != nullptr, kRes, [&] {
     // sum_hw g * v of rows [r0, r1) / one pixel; the map pass for rows / pixels.
     // Indices are global (n * C + c, n * HW + q); `first` is the group's first sample.
     auto reduce_rows = [&](int64_t r0, int64_t r1, acc_t* d, int64_t first) {
@@ -519,7 +506,7 @@ void backward_kernel(const SEArgs& a, const scalar_t* gy, const scalar_t* x, con
   });
 }
 
-// ---- entry points ------------------------------------------------------------
+// ---- the back end ------------------------------------------------------------
 
 template <typename acc_t>
 Params<acc_t> params_view(const ParamTensors& p) {
@@ -527,54 +514,31 @@ Params<acc_t> params_view(const ParamTensors& p) {
           ptr_or_null<acc_t>(p.b2)};
 }
 
-ForwardCall run_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
-                            const c10::optional<at::Tensor>& b1,
-                            const c10::optional<at::Tensor>& w2,
-                            const c10::optional<at::Tensor>& b2,
-                            const c10::optional<at::Tensor>& residual,
-                            c10::string_view activation, c10::string_view gate,
-                            c10::string_view out_activation, bool inplace) {
-  ForwardCall c = prepare_forward(
-      check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation), x, w1,
-      b1, w2, b2, residual, inplace);
-  if (c.y.numel() == 0) return c;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t>(c.a, c.x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c.res),
-                             c.y.data_ptr<scalar_t>(), c.z.data_ptr<acc_t>(),
-                             c.pre.data_ptr<acc_t>(), params_view<acc_t>(c.p));
-  });
-  return c;
-}
+// The kernels on a prepared call (se_entry.h).
+struct CpuBackend {
+  static void forward(const ForwardCall& c) {
+    SE_DTYPE_SWITCH(c.a.dtype, scalar_t, [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      forward_kernel<scalar_t>(c.a, c.x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c.res),
+                               c.y.data_ptr<scalar_t>(), c.z.data_ptr<acc_t>(),
+                               c.pre.data_ptr<acc_t>(), params_view<acc_t>(c.p));
+    });
+  }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-se_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& z,
-                const c10::optional<at::Tensor>& y, const at::Tensor& w1,
-                const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
-                const c10::optional<at::Tensor>& b2, c10::string_view activation,
-                c10::string_view gate, bool want_grad_residual, bool x_is_output,
-                const c10::optional<at::Tensor>& pre) {
-  const BackwardCall c = prepare_backward(
-      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output, pre),
-      grad_y, x, z, y, w1, b1, w2, b2, want_grad_residual, pre);
-  if (c.gx.numel() == 0) return c.outputs();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(c.a, c.gy.data_ptr<scalar_t>(), c.x.data_ptr<scalar_t>(),
-                              ptr_or_null<scalar_t>(c.y), c.z.data_ptr<acc_t>(),
-                              ptr_or_null<acc_t>(c.pre), params_view<acc_t>(c.p), c.gx.data_ptr<scalar_t>(),
-                              ptr_or_null<scalar_t>(c.gres), c.gw1.data_ptr<acc_t>(),
-                              c.gb1.data_ptr<acc_t>(), ptr_or_null<acc_t>(c.gw2),
-                              ptr_or_null<acc_t>(c.gb2));
-  });
-  return c.outputs();
-}
+  static void backward(const BackwardCall& c) {
+    SE_DTYPE_SWITCH(c.a.dtype, scalar_t, [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      backward_kernel<scalar_t>(c.a, c.gy.data_ptr<scalar_t>(), c.x.data_ptr<scalar_t>(),
+                                ptr_or_null<scalar_t>(c.y), c.z.data_ptr<acc_t>(),
+                                ptr_or_null<acc_t>(c.pre), params_view<acc_t>(c.p),
+                                c.gx.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c.gres),
+                                c.gw1.data_ptr<acc_t>(), c.gb1.data_ptr<acc_t>(),
+                                ptr_or_null<acc_t>(c.gw2), ptr_or_null<acc_t>(c.gb2));
+    });
+  }
+};
 
 }  // namespace
 }  // namespace se_fused
 
-TORCH_LIBRARY_IMPL(se_fused, CPU, m) {
-  m.impl("se_forward", &se_fused::forward_op<se_fused::run_forward_cpu>);
-  m.impl("se_forward_", &se_fused::forward_inplace_op<se_fused::run_forward_cpu>);
-  m.impl("se_backward", &se_fused::se_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(se_fused, CPU, m) { se_fused::register_ops<se_fused::CpuBackend>(m); }

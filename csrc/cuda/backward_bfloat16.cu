@@ -1,6 +1,5 @@
 // The backward kernel for bfloat16 x (see backward_kernel.cuh); one file per dtype so the
 // kernels compile in parallel.
-#define SE_FUSED_MATH_ONLY 1
 #include "kernel_launch.cuh"
 
-SE_DEFINE_LAUNCHER(backward, bfloat16, c10::BFloat16)
+SE_DEFINE_LAUNCHER(backward, c10::BFloat16)

@@ -1,6 +1,5 @@
 // The forward kernel for half x (see forward_kernel.cuh); one file per dtype so the
 // kernels compile in parallel.
-#define SE_FUSED_MATH_ONLY 1
 #include "kernel_launch.cuh"
 
-SE_DEFINE_LAUNCHER(forward, half, c10::Half)
+SE_DEFINE_LAUNCHER(forward, c10::Half)

@@ -11,17 +11,8 @@
 namespace se_fused {
 namespace cuda {
 
-// The run-time flags that select a kernel variant, in one place.
-#define SE_BOOL_SWITCH(COND, NAME, ...) \
-  [&] {                                 \
-    if (COND) {                         \
-      constexpr bool NAME = true;       \
-      return __VA_ARGS__();             \
-    } else {                            \
-      constexpr bool NAME = false;      \
-      return __VA_ARGS__();             \
-    }                                   \
-  }()
+using forward_launch_t = ForwardLaunch;  // for SE_DEFINE_LAUNCHER
+using backward_launch_t = BackwardLaunch;
 
 // Grids are tile counts (the host checks they fit a grid's x dimension).
 inline dim3 grid_of(int64_t blocks) { return dim3(unsigned(blocks)); }
@@ -105,12 +96,7 @@ cudaError_t launch_backward_t(const BackwardLaunch& l, cudaStream_t stream) {
 }  // namespace cuda
 }  // namespace se_fused
 
-// One kernel file: the launches of one pass for one dtype.
-#define SE_DEFINE_LAUNCHER(PASS, NAME, TYPE)                                       \
-  namespace se_fused {                                                              \
-  namespace cuda {                                                                  \
-  cudaError_t launch_##PASS##_##NAME(const PASS##_launch_t& l, cudaStream_t s) {    \
-    return launch_##PASS##_t<TYPE>(l, s);                                           \
-  }                                                                                 \
-  }                                                                                 \
-  }
+// One kernel file: the launches of one pass (forward, backward) for one element type.
+#define SE_DEFINE_LAUNCHER(PASS, TYPE)                                    \
+  template cudaError_t se_fused::cuda::launch_##PASS##_t<TYPE>(             \
+      const se_fused::cuda::PASS##_launch_t&, cudaStream_t);

@@ -1,5 +1,5 @@
-// The CUDA entry points of the se_fused ops: argument checks and buffers
-// (se_checks.cpp, se_buffers.cpp), the plan of the call (plan.h), then per pass
+// The CUDA back end of the se_fused ops (se_entry.h: the arguments are checked and
+// the buffers prepared before): the plan of the call (plan.h), then per pass
 // (kernel_launch.cuh)
 //   1. a kernel that zeroes the plan's counters (last-arrival counts), a fresh buffer
 //      of the call: zeroed in the stream on every call, so a CUDA graph replays it too,
@@ -8,7 +8,7 @@
 //   3. launch 2 (scale / map, with the weight gradients in the backward);
 // 2 and 3 by programmatic dependent launch where the GPU has it (sm_90+).
 // No block waits for another, nothing synchronizes with the host. Parameters not
-// already in the accumulation dtype are converted by prepare_forward /
+// already in the accumulation dtype were converted by prepare_forward /
 // prepare_backward (one cast kernel each, as for the CPU).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -20,30 +20,13 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <tuple>
+#include <type_traits>
 
-#include "se_common.h"
 #include "cuda/launch.h"
+#include "se_entry.h"
 
 namespace se_fused {
 namespace {
-
-using cuda::DType;
-
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::Float;
-    case at::kHalf:
-      return DType::Half;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    case at::kDouble:
-      return DType::Double;
-    default:
-      TORCH_CHECK(false, "se_fused: unsupported dtype ", t);
-  }
-}
 
 bool aligned16(const at::Tensor& t) {
   return !t.defined() || t.numel() == 0 || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
@@ -123,15 +106,14 @@ cuda::Plan plan_call(const SEArgs& a, bool backward, int esize, bool aligned,
 // What both passes' launches share: parameters, workspace, counters, the PDL knob.
 template <typename Launch>
 void fill_common(Launch& l, const cuda::Plan& plan, const SEArgs& a, const ParamTensors& p,
-                 at::ScalarType dtype, const at::Tensor& work, const at::Tensor& counters) {
+                 const at::Tensor& work, const at::Tensor& counters) {
   l.plan = plan;
-  l.dtype = dtype_of(dtype);
   l.w1 = p.w1.data_ptr();
   l.b1 = ptr_or_null(p.b1);
   l.w2 = ptr_or_null(p.w2);
   l.b2 = ptr_or_null(p.b2);
-  l.act = int(a.act);
-  l.gate = int(a.gate);
+  l.act = a.act;
+  l.gate = a.gate;
   l.workspace = work.data_ptr();
   l.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int>());
   l.pdl = pdl_wanted();
@@ -142,11 +124,18 @@ at::Tensor counter_buffer(const cuda::Plan& p, const at::Tensor& like) {
   return at::empty({std::max<int64_t>(p.n_counters, 1)}, like.options().dtype(at::kInt));
 }
 
-// The launcher of the call's dtype (launchers in DType order), on the current stream.
+// The pass's launches for the call's dtype, on the current stream.
 template <typename Launch>
-void launch(const Launch& l, cudaError_t (*const (&launchers)[4])(const Launch&, cudaStream_t)) {
+void launch(const Launch& l, DType dtype) {
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  C10_CUDA_CHECK(launchers[int(l.dtype)](l, stream));
+  const cudaError_t err = SE_DTYPE_SWITCH(dtype, T, [&] {
+    if constexpr (std::is_same_v<Launch, cuda::ForwardLaunch>) {
+      return cuda::launch_forward_t<T>(l, stream);
+    } else {
+      return cuda::launch_backward_t<T>(l, stream);
+    }
+  });
+  C10_CUDA_CHECK(err);
 }
 
 int64_t bytes_of(const at::Tensor& t) {
@@ -172,86 +161,58 @@ at::Tensor pre_from_z(const SEArgs& a, const at::Tensor& z, const ParamTensors& 
   return at::cat({a1, a2}, 1).contiguous();
 }
 
+// The kernels on a prepared call (se_entry.h), on x's device.
+struct CudaBackend {
+  static void forward(const ForwardCall& c) {
+    const c10::cuda::CUDAGuard guard(c.x.device());
+    const SEArgs& a = c.a;
+    const bool aligned = aligned16(c.x) && aligned16(c.res) && aligned16(c.y);
+    const cuda::Plan plan =
+        plan_call(a, false, int(c.x.element_size()), aligned, bytes_of(c.x), c.x.get_device());
+    const at::Tensor work = at::empty({plan.ws_size}, c.z.options());
+    const at::Tensor counters = counter_buffer(plan, c.x);
+
+    cuda::ForwardLaunch l{};
+    fill_common(l, plan, a, c.p, work, counters);
+    l.x = c.x.data_ptr();
+    l.res = ptr_or_null(c.res);
+    l.y = c.y.data_ptr();
+    l.z = c.z.data_ptr();
+    l.pre = c.pre.data_ptr();
+    l.relu = a.out_relu;
+    launch(l, a.dtype);
+  }
+
+  static void backward(const BackwardCall& c) {
+    const c10::cuda::CUDAGuard guard(c.x.device());
+    const SEArgs& a = c.a;
+    const bool aligned = aligned16(c.gy) && aligned16(c.x) && aligned16(c.y) &&
+                         aligned16(c.gx) && aligned16(c.gres);
+    const cuda::Plan plan = plan_call(a, true, int(c.x.element_size()), aligned,
+                                      bytes_of(c.gy) + bytes_of(c.y), c.x.get_device());
+    const at::Tensor pre_values = c.pre.defined() ? c.pre : pre_from_z(a, c.z, c.p);
+    const at::Tensor work = at::empty({plan.ws_size}, c.gw1.options());
+    const at::Tensor counters = counter_buffer(plan, c.x);
+
+    cuda::BackwardLaunch l{};
+    fill_common(l, plan, a, c.p, work, counters);
+    l.gy = c.gy.data_ptr();
+    l.v = c.x.data_ptr();
+    l.mask = ptr_or_null(c.y);
+    l.gx = c.gx.data_ptr();
+    l.gres = const_cast<void*>(ptr_or_null(c.gres));
+    l.z = c.z.data_ptr();
+    l.pre = pre_values.data_ptr();
+    l.gw1 = c.gw1.data_ptr();
+    l.gb1 = c.gb1.data_ptr();
+    l.gw2 = a.one_layer ? nullptr : c.gw2.data_ptr();
+    l.gb2 = a.one_layer ? nullptr : c.gb2.data_ptr();
+    l.from_y = a.from_y;
+    launch(l, a.dtype);
+  }
+};
+
 }  // namespace
-
-ForwardCall run_forward_cuda(const at::Tensor& x, const at::Tensor& w1,
-                             const c10::optional<at::Tensor>& b1,
-                             const c10::optional<at::Tensor>& w2,
-                             const c10::optional<at::Tensor>& b2,
-                             const c10::optional<at::Tensor>& residual,
-                             c10::string_view activation, c10::string_view gate,
-                             c10::string_view out_activation, bool inplace) {
-  const SEArgs checked =
-      check_forward_args(x, w1, b1, w2, b2, residual, activation, gate, out_activation);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const ForwardCall c = prepare_forward(checked, x, w1, b1, w2, b2, residual, inplace);
-  if (c.y.numel() == 0) return c;
-  const SEArgs& a = c.a;
-  const bool aligned = aligned16(c.x) && aligned16(c.res) && aligned16(c.y);
-  const cuda::Plan plan =
-      plan_call(a, false, int(x.element_size()), aligned, bytes_of(c.x), x.get_device());
-  const at::Tensor work = at::empty({plan.ws_size}, c.z.options());
-  const at::Tensor counters = counter_buffer(plan, x);
-
-  cuda::ForwardLaunch l{};
-  fill_common(l, plan, a, c.p, x.scalar_type(), work, counters);
-  l.x = c.x.data_ptr();
-  l.res = ptr_or_null(c.res);
-  l.y = c.y.data_ptr();
-  l.z = c.z.data_ptr();
-  l.pre = c.pre.data_ptr();
-  l.relu = a.out_relu;
-  launch(l, {cuda::launch_forward_float, cuda::launch_forward_half,
-             cuda::launch_forward_bfloat16, cuda::launch_forward_double});
-  return c;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-se_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& z,
-                 const c10::optional<at::Tensor>& y, const at::Tensor& w1,
-                 const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& w2,
-                 const c10::optional<at::Tensor>& b2, c10::string_view activation,
-                 c10::string_view gate, bool want_grad_residual, bool x_is_output,
-                 const c10::optional<at::Tensor>& pre) {
-  const SEArgs checked =
-      check_backward_args(grad_y, x, z, y, w1, b1, w2, b2, activation, gate, x_is_output, pre);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const BackwardCall c = prepare_backward(checked, grad_y, x, z, y, w1, b1, w2, b2,
-                                          want_grad_residual, pre);
-  if (c.gx.numel() == 0) return c.outputs();
-  const SEArgs& a = c.a;
-  const bool has_mask = c.y.defined();
-  const bool aligned = aligned16(c.gy) && aligned16(c.x) && aligned16(c.y) && aligned16(c.gx) &&
-                       aligned16(c.gres);
-  const cuda::Plan plan = plan_call(a, true, int(x.element_size()), aligned,
-                                    bytes_of(c.gy) + bytes_of(c.y), x.get_device());
-  const at::Tensor pre_values = c.pre.defined() ? c.pre : pre_from_z(a, c.z, c.p);
-  const at::Tensor work = at::empty({plan.ws_size}, c.gw1.options());
-  const at::Tensor counters = counter_buffer(plan, x);
-
-  cuda::BackwardLaunch l{};
-  fill_common(l, plan, a, c.p, x.scalar_type(), work, counters);
-  l.gy = c.gy.data_ptr();
-  l.v = c.x.data_ptr();
-  l.mask = has_mask ? c.y.data_ptr() : nullptr;
-  l.gx = c.gx.data_ptr();
-  l.gres = const_cast<void*>(ptr_or_null(c.gres));
-  l.z = c.z.data_ptr();
-  l.pre = pre_values.data_ptr();
-  l.gw1 = c.gw1.data_ptr();
-  l.gb1 = c.gb1.data_ptr();
-  l.gw2 = a.one_layer ? nullptr : c.gw2.data_ptr();
-  l.gb2 = a.one_layer ? nullptr : c.gb2.data_ptr();
-  l.from_y = a.from_y;
-  launch(l, {cuda::launch_backward_float, cuda::launch_backward_half,
-             cuda::launch_backward_bfloat16, cuda::launch_backward_double});
-  return c.outputs();
-}
-
 }  // namespace se_fused
 
-TORCH_LIBRARY_IMPL(se_fused, CUDA, m) {
-  m.impl("se_forward", &se_fused::forward_op<se_fused::run_forward_cuda>);
-  m.impl("se_forward_", &se_fused::forward_inplace_op<se_fused::run_forward_cuda>);
-  m.impl("se_backward", &se_fused::se_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(se_fused, CUDA, m) { se_fused::register_ops<se_fused::CudaBackend>(m); }

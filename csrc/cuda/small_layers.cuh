@@ -45,8 +45,8 @@ struct Excite {
 template <typename acc_t, typename Launch>
 inline Layers<acc_t> layers_of(const Launch& l) {
   return {static_cast<const acc_t*>(l.w1), static_cast<const acc_t*>(l.b1),
-          static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), Act(l.act),
-          Gate(l.gate), l.plan.one_layer};
+          static_cast<const acc_t*>(l.w2), static_cast<const acc_t*>(l.b2), l.act,
+          l.gate, l.plan.one_layer};
 }
 
 // Dot products of a warp, one per row i < rows of weights (w_of(i): K values):

@@ -9,8 +9,7 @@
 #include <random>
 #include <vector>
 
-// The scalar math of se_common.h without ATen (no torch library to link).
-#define SE_FUSED_MATH_ONLY 1
+// se_cpu_rows.h includes no ATen (no torch library to link).
 #include "cpu/se_cpu_rows.h"
 
 #if SE_CPU_SIMD_HALF

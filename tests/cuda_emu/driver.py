@@ -52,7 +52,7 @@ class EmuPlan(ctypes.Structure):
 
 
 def _sources():
-    files = [os.path.join(CSRC, "se_common.h")]
+    files = [os.path.join(CSRC, f) for f in ("se_common.h", "se_dispatch.h")]
     for d in (os.path.join(CSRC, "cuda"), HERE):
         files += [os.path.join(d, f) for f in sorted(os.listdir(d))
                   if f.endswith((".h", ".cuh", ".cpp"))]

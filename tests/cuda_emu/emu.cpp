@@ -302,7 +302,7 @@ void set_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, const
     l.z = a.t[kZ];
     l.pre = a.t[kPre];
     l.w1 = a.t[kW1], l.b1 = a.t[kB1], l.w2 = a.t[kW2], l.b2 = a.t[kB2];
-    l.act = a.act, l.gate = a.gate, l.relu = a.relu != 0;
+    l.act = se_fused::Act(a.act), l.gate = se_fused::Gate(a.gate), l.relu = a.relu != 0;
     l.workspace = ws;
     l.counters = counters;
     const ForwardParams<T> p = forward_params<T>(l);
@@ -315,7 +315,7 @@ void set_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, const
     l.gx = a.t[kGx], l.gres = a.t[kGres], l.z = a.t[kBz], l.pre = a.t[kBpre];
     l.w1 = a.t[kW1], l.b1 = a.t[kB1], l.w2 = a.t[kW2], l.b2 = a.t[kB2];
     l.gw1 = a.t[kGw1], l.gb1 = a.t[kGb1], l.gw2 = a.t[kGw2], l.gb2 = a.t[kGb2];
-    l.act = a.act, l.gate = a.gate, l.from_y = a.from_y != 0;
+    l.act = se_fused::Act(a.act), l.gate = se_fused::Gate(a.gate), l.from_y = a.from_y != 0;
     l.workspace = ws;
     l.counters = counters;
     const BackwardParams<T> p = backward_params<T>(l);
@@ -328,13 +328,9 @@ template <typename T>
 void select_kernels(se_emu::Launch& L1, se_emu::Launch& L2, const EmuArgs& a, const Plan& plan,
                     void* ws, uint32_t* counters) {
   const bool flag = a.backward ? a.t[kMask] != nullptr : a.t[kRes] != nullptr;
-  if (a.channels_last) {
-    flag ? set_kernels<T, true, true>(L1, L2, a, plan, ws, counters)
-         : set_kernels<T, true, false>(L1, L2, a, plan, ws, counters);
-  } else {
-    flag ? set_kernels<T, false, true>(L1, L2, a, plan, ws, counters)
-         : set_kernels<T, false, false>(L1, L2, a, plan, ws, counters);
-  }
+  SE_BOOL_SWITCH(a.channels_last != 0, CL, [&] {
+    SE_BOOL_SWITCH(flag, Flag, [&] { set_kernels<T, CL, Flag>(L1, L2, a, plan, ws, counters); });
+  });
 }
 
 // The buffers kernel `k` of a pass may touch (0: the zeroing kernel, 1 and 2: the
@@ -398,12 +394,8 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
   const int64_t nc = plan.n_counters;
   L0.body = [cp, nc]() { se_zero_kernel<uint32_t>(cp, nc); };
   void* wsp = ws.data();
-  switch (a->dtype) {
-    case 0: select_kernels<float>(L1, L2, *a, plan, wsp, counters.data()); break;
-    case 1: select_kernels<c10::Half>(L1, L2, *a, plan, wsp, counters.data()); break;
-    case 2: select_kernels<c10::BFloat16>(L1, L2, *a, plan, wsp, counters.data()); break;
-    default: select_kernels<double>(L1, L2, *a, plan, wsp, counters.data()); break;
-  }
+  SE_DTYPE_SWITCH(se_fused::DType(a->dtype), T,
+                  [&] { select_kernels<T>(L1, L2, *a, plan, wsp, counters.data()); });
   const int64_t grids[3] = {plan.grid0, plan.grid1, plan.grid2};
   se_emu::Launch* launches[3] = {&L0, &L1, &L2};
   for (int i = 0; i < 3; ++i) {

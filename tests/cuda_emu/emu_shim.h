@@ -21,7 +21,6 @@
 #include <string>
 
 #define SE_CUDA_EMULATION 1
-#define SE_FUSED_MATH_ONLY 1  // the scalar math of se_common.h, without ATen
 
 #define __global__
 #define __device__
