@@ -5,8 +5,9 @@
 
 For a handful of cases chosen to test the model (benchmarks/gpu_model.py) where it is
 least sure: a batch-1 case (host-bound), a batch that fits in L2, a mid-sized one, the
-channels_last 7x7 case where the model predicts the planned launch-2 tiles lose to
-torch.compile (also with SE_FUSED_CUDA_SAMPLES=2, predicted slower still), |x| eight
+channels_last 7x7 case where the model is least sure of the small layers' loops (also
+with SE_FUSED_CUDA_SAMPLES=2), the L2-fitting case with programmatic dependent launch off
+(SE_FUSED_CUDA_PDL=0, predicted slower), |x| eight
 times L2 (parity with compile predicted), and the fp32 case where the model says the
 old v2 schedule would have won. Each is timed with CUDA events, inputs rotated beyond
 L2 (bench_se.py's timer and inputs): fused, torch.compile of the reference (while the
@@ -33,17 +34,21 @@ import _timing  # noqa: E402
 import bench_se  # noqa: E402
 import gpu_model  # noqa: E402
 
-# (shape name, batch, dtype, layout, SE_FUSED_CUDA_SAMPLES or 0), in order of importance:
-# torch.compile (tens of seconds to compile) only while the budget lasts, so a short
-# budget drops the last ones' first; the SAMPLES variant is compared with its own default.
+# (shape name, batch, dtype, layout, knobs: environment variables of the plan), in order
+# of importance: torch.compile (tens of seconds to compile) only while the budget lasts,
+# so a short budget drops the last ones' first; a row with knobs is compared with the
+# same case's default row (and its own prediction), not with compile.
 CASES = (
-    ("MobileNetV3-Large b14-15", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", 0),
-    ("EfficientNet-B0 s6.0", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", 0),
-    ("SE-ResNet-50 s4", 1, torch.float32, "nchw", 0),
-    ("SE-ResNet-50 s4", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", 0),
-    ("MobileNetV3-Large b14-15", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", 2),
-    ("SE-ResNet-50 s1", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", 0),
-    ("EfficientNet-B0 s1.0", gpu_model.TRAIN_BATCH, torch.float32, "nchw", 0),
+    ("MobileNetV3-Large b14-15", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", {}),
+    ("EfficientNet-B0 s6.0", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", {}),
+    ("SE-ResNet-50 s4", 1, torch.float32, "nchw", {}),
+    ("SE-ResNet-50 s4", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", {}),
+    ("MobileNetV3-Large b14-15", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last",
+     {"SE_FUSED_CUDA_SAMPLES": "2"}),
+    ("EfficientNet-B0 s6.0", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last",
+     {"SE_FUSED_CUDA_PDL": "0"}),
+    ("SE-ResNet-50 s1", gpu_model.TRAIN_BATCH, torch.bfloat16, "channels_last", {}),
+    ("EfficientNet-B0 s1.0", gpu_model.TRAIN_BATCH, torch.float32, "nchw", {}),
 )
 COMPILE_SECONDS = 45  # no torch.compile once less than this is left of the budget
 
@@ -51,26 +56,28 @@ COMPILE_SECONDS = 45  # no torch.compile once less than this is left of the budg
 def triage_cases():
     by_key = {(c.shape.name, c.N, c.dtype, c.layout): c
               for c in gpu_model.gpu_cases() if not c.residual}
-    return [(by_key[(name, n, dtype, layout)], samples)
-            for name, n, dtype, layout, samples in CASES]
+    return [(by_key[(name, n, dtype, layout)], knobs)
+            for name, n, dtype, layout, knobs in CASES]
 
 
 def model_gpu(name: str) -> str:
     return "H200" if "H200" in name else "H100"
 
 
-def predict(case, gname: str, samples: int) -> dict:
+def predict(case, gname: str, knobs: dict) -> dict:
     g = gpu_model.GPUS[gname]
+    variant = dict(samples2=int(knobs.get("SE_FUSED_CUDA_SAMPLES", 0)),
+                   pdl=knobs.get("SE_FUSED_CUDA_PDL", "1") != "0")
     out = {}
     for pass_ in gpu_model.PASSES:
-        out[pass_] = {"fused_us": gpu_model.fused(case, g, pass_, samples2=samples).us,
+        out[pass_] = {"fused_us": gpu_model.fused(case, g, pass_, **variant).us,
                       "compile_us": gpu_model.compiled(case, g, pass_).us,
                       "floor_us": gpu_model.floor_us(case, g, pass_),
                       "v2_us": gpu_model.v2(case, g, pass_)}
     return out
 
 
-def measure(case, samples: int, timer, compile_ok: bool) -> dict:
+def measure(case, knobs: dict, timer, compile_ok: bool) -> dict:
     """us per (backend, pass) and the clone; errors as strings."""
     import se_fused
     device = torch.device("cuda")
@@ -83,8 +90,7 @@ def measure(case, samples: int, timer, compile_ok: bool) -> dict:
         torch._dynamo.reset()
         backends.append(("compile", torch.compile(se_fused.reference.squeeze_excite,
                                                   dynamic=False, fullgraph=True)))
-    if samples:
-        os.environ["SE_FUSED_CUDA_SAMPLES"] = str(samples)
+    os.environ.update(knobs)
     try:
         rel = bench_se.fused_rel_error(case, inputs)
         if not rel <= bench_se.REL_TOLERANCE[case.dtype]:
@@ -99,7 +105,8 @@ def measure(case, samples: int, timer, compile_ok: bool) -> dict:
                     out["errors"][f"{name} {pass_}"] = bench_se.describe_error(err)
             torch.cuda.synchronize()
     finally:
-        os.environ.pop("SE_FUSED_CUDA_SAMPLES", None)
+        for k in knobs:
+            os.environ.pop(k, None)
     del inputs
     torch.cuda.empty_cache()
     return out
@@ -151,10 +158,10 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
         device = torch.device("cuda")
         copy_gbps = _timing.copy_bandwidth(device, timer)
-    for case, samples in triage_cases():
-        label = (case.label.replace("channels_last", "CL")
-                 + (f" SAMPLES={samples}" if samples else ""))
-        r = {"label": label, "samples": samples, "model": predict(case, gname, samples),
+    for case, knobs in triage_cases():
+        label = " ".join([case.label.replace("channels_last", "CL")]
+                         + [f"{k.replace('SE_FUSED_CUDA_', '')}={v}" for k, v in knobs.items()])
+        r = {"label": label, "knobs": knobs, "model": predict(case, gname, knobs),
              "floor_bytes": {q: case.floor_bytes(q) for q in gpu_model.PASSES}}
         if gpu:
             left = args.budget - (time.perf_counter() - t0)
@@ -162,8 +169,8 @@ def main(argv=None) -> int:
                 r["measured"] = {"errors": {"all": "not run: budget spent"}}
             else:
                 try:
-                    r["measured"] = measure(case, samples, timer,
-                                            not samples and left > COMPILE_SECONDS)
+                    r["measured"] = measure(case, knobs, timer,
+                                            not knobs and left > COMPILE_SECONDS)
                 except Exception as err:
                     r["measured"] = {"errors": {"all": bench_se.describe_error(err)}}
                 print(f"gpu_triage: {label} done at {time.perf_counter() - t0:.0f}s",
