@@ -255,6 +255,8 @@ class Prediction:
 # rule costs. The rows carry the tiles ("k1_tile", "k2_tile").
 NT_CHOICES = (1, 2, 4, 8)  # the plan keeps one accumulator per sample in registers: <= 8
 CT_CHOICES = (8, 16, 32, 64, 128, 256)
+# plan.h kGroupChannelsForward / kGroupChannelsBackward
+GROUP_CHANNELS = {"forward": 64, "backward": 32}
 MIN_PART_BYTES = 4096  # no hw part smaller than this (one 16-byte load per thread)
 GRAD_TILE = 32  # weight-gradient output tiles (plan.h kGradTile)
 
@@ -417,13 +419,17 @@ def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]
     (channel tile, part), M2 from samples_per_block with `slots` launch-2 blocks resident
     (SE_FUSED_CUDA_SAMPLES: samples2), except in the channels_last forward (plan.h t2):
     channel tiles of max(2, 8 / V) granules (a channel per warp in forward_gates, whole
-    32-byte sectors; at most launch 1's TC), the samples stacked as rows of one tile of
+    32-byte sectors; at most the channels need), the samples stacked as rows of one tile of
     16 * TP2 pixel rows (M2 = as many whole samples as fit, <= 8; a larger sample is cut
-    in parts of 16 * TP2 / M2 pixels). Returned as (K1 tile with CT = the finalizer's
-    channel group, K2 tile)."""
+    in parts of 16 * TP2 / M2 pixels). Launch 1's finalizer groups are whole channel tiles
+    of >= GROUP_CHANNELS[pass] channels, and its channels_last tiles at most that wide (at
+    least a granule); launch 2 of the channels_last backward keeps the widest tiles (up to
+    32 granules). Returned as (K1 tile with CT = the finalizer's channel group, K2 tile)."""
     esize, acc = s.esize, (8 if s.esize == 8 else 4)
     V = 16 // esize
     stage = 16 * 1024
+    group = GROUP_CHANNELS[s.pass_]
+    wide = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(s.C / V)))))
     L = PT = 0
     if s.layout == "nchw":
         L = stage // acc if s.pass_ == "backward" else stage // esize
@@ -437,18 +443,22 @@ def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]
         partials = 1  # per-(n, c) row sums (plus edge pieces, counted in the workspace)
         tile_elems, tile_ch = min(L, CTw * s.HW), min(CTw, math.ceil(L / s.HW) + 1)
     else:
-        TC = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(s.C / V)))))
+        TC = min(wide, max(1, group // V))
         CTw, PT = TC * V, 16 * (256 // TC)
         CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / PT)
         partials = Tp
-        tile_elems, tile_ch = CTw * min(PT, s.HW), min(CTw, s.C)
     ms = 4 if acc == 8 else 8
     NT = min(ms, s.N)
-    per_group = math.ceil(64 / CTw)
+    per_group = math.ceil(group / CTw)
     CG, CGn = per_group * CTw, math.ceil(CTn / per_group)
     k1 = Tile(NT, min(CG, s.C), partials, s.N * CTn * Tp, CGn)
+    if s.layout != "nchw" and s.pass_ == "backward":
+        CTw, PT = wide * V, 16 * (256 // wide)
+        CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / PT)
+    if s.layout != "nchw":
+        tile_elems, tile_ch = CTw * min(PT, s.HW), min(CTw, s.C)
     if s.layout != "nchw" and s.pass_ == "forward":
-        TC2 = min(TC, max(2, 8 // V))
+        TC2 = min(wide, max(2, 8 // V))
         CTw, rows = TC2 * V, 16 * (256 // TC2)
         M2 = min(ms, s.N, samples2 if samples2 > 0 else max(1, rows // s.HW))
         CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / (rows // M2))
