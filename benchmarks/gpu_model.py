@@ -259,6 +259,13 @@ CT_CHOICES = (8, 16, 32, 64, 128, 256)
 GROUP_CHANNELS = {"forward": 64, "backward": 32}
 MIN_PART_BYTES = 4096  # no hw part smaller than this (one 16-byte load per thread)
 GRAD_TILE = 32  # weight-gradient output tiles (plan.h kGradTile)
+GRAD_SAMPLES, GRAD_SPLITS, GRAD_BLOCKS = 32, 8, 512  # plan.h kGradSamples, ...Splits, ...Blocks
+
+
+def grad_splits(N: int, tiles: int) -> int:
+    """plan.h grad_splits: blocks per weight-gradient tile, each over ceil(N / splits)
+    samples."""
+    return max(1, min(GRAD_SPLITS, math.ceil(N / GRAD_SAMPLES), GRAD_BLOCKS // max(1, tiles)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,27 +355,37 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float, ahead: bool = False
     res = X if s.residual else 0.0
     if s.pass_ == "forward":
         first, reread, writes, other = X, X, X, res
-        wg_fma = wg_l2 = wg_block = wg_tiles = 0.0
+        wg_fma = wg_l2 = wg_block = wg_all = 0.0
     else:
         first, reread, writes, other = X * (2 + s.residual), X * (1 + s.residual), \
             X * (1 + s.residual), 0.0
         wg_fma = 2.0 * N * Cc * R
         wg_tiles = 2 * math.ceil(Cc / GRAD_TILE) * math.ceil(R / GRAD_TILE)
-        wg_l2 = wg_tiles * N * 2 * GRAD_TILE * 4.0
-        # grad_tile: n ascending, per n a value of the column operand and 4 of the rows,
-        # in chunks and a half
-        wg_block = loop_us(1, N, 1 + GRAD_TILE // 8, ahead, 1.5 * const("loads_ahead"))
+        splits = grad_splits(N, wg_tiles)
+        # operands, and with splits each block's partial tile written and read back
+        wg_l2 = wg_tiles * (N * 2 * GRAD_TILE * 4.0
+                            + (splits > 1) * 2 * splits * (GRAD_TILE + 1) * GRAD_TILE * 4.0)
+        # grad_tile: n ascending over the block's samples, per n a value of the column
+        # operand and 4 of the rows, in chunks and a half; with splits the last arrival
+        # adds the partials in split order, a chunk of splits per output (4 and 4 biases)
+        per_block = loop_us(1, math.ceil(N / splits), 1 + GRAD_TILE // 8, ahead,
+                            1.5 * const("loads_ahead"))
+        final = const("t_handoff") + loop_us(2 * GRAD_TILE // 8, splits) if splits > 1 else 0.0
+        wg_block = per_block + final  # one tile's chain
+        # the weight-gradient blocks' latency-bound time over all launch-2 slots
+        wg_all = (wg_tiles * splits * per_block + wg_tiles * final) / launch2_slots(g)
     hits = l2_hits(reread, first, keep, reverse=True)
     s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
     s_fma = float(t.blocks) * t.NT * t.CT * R
     s_latency = prologue_us(s, t, ahead)
     hbm = (reread - hits) + other + writes
     stream = on_grid_us(g, stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma),
-                        t.blocks + int(wg_tiles), (reread + other + writes) / t.blocks,
+                        t.blocks, (reread + other + writes) / t.blocks,
                         const("blocks_per_sm_2"), s_latency)
-    us = const("t_ramp") + max(stream, wg_block)
+    us = const("t_ramp") + max(stream, wg_block, wg_all)
     return us, hbm, {"K2 stream": stream, "K2 gate-input latency": s_latency,
-                     "K2 weight-grad block": wg_block, "K2 L2 hits (MB)": hits / MB}
+                     "K2 weight-grad block": wg_block, "K2 weight-grad blocks": wg_all,
+                     "K2 L2 hits (MB)": hits / MB}
 
 
 SMEM_BYTES = 24 * 1024  # plan.h kSmemBytes: a launch-2 block's shared memory

@@ -127,8 +127,12 @@ def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
     else:
         assert (bwd.CTw2, bwd.Tp2) == (bwd.CTw, bwd.Tp) and bwd.CG == -(-32 // bwd.CTw) * bwd.CTw
     assert bwd.grid1 == N * bwd.CTn * bwd.Tp
+    # weight-gradient tiles: the batch split in blocks of >= 32 samples, <= 8 of them,
+    # <= 512 blocks in all
     tiles = -(-R // 32) * -(-C // 32) + -(-C // 32)
-    assert bwd.grid2 == -(-N // bwd.M2) * bwd.CTn2 * bwd.Tp2 + tiles
+    assert bwd.wg_split == max(1, min(8, -(-N // 32), 512 // tiles))
+    assert bwd.wg_n == -(-N // bwd.wg_split)
+    assert bwd.grid2 == -(-N // bwd.M2) * bwd.CTn2 * bwd.Tp2 + tiles * bwd.wg_split
 
 
 # --- the oracle ------------------------------------------------------------------------
@@ -311,6 +315,24 @@ def test_backward_matches_reference(case):
     y, z, pre = emu_forward(d, kw)
     out = emu_backward(d, y, z, kw, mask, pre, **SMALL)
     check_grads(out, oracle_backward(d, y if mask else None, act, gate), dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("N,splits", [(70, 3), (256, 8), (33, 2)])
+def test_weight_gradients_split_over_the_batch_match_reference_in_any_block_order(layout, N,
+                                                                                  splits):
+    # each weight-gradient tile's batch is split over blocks of >= 32 samples; the last
+    # block to arrive adds their partial tiles in split order, whatever the order the
+    # blocks ran in
+    d = make((N, 40, 3, 3), 36, torch.float32, LAYOUTS[layout])  # 2 x 2 + 2 tiles
+    assert EMU.plan((N, 40, 3, 3), 36, torch.float32, layout == "channels_last",
+                    backward=True).wg_split == splits
+    kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
+    y, z, pre = emu_forward(d, kw)
+    outs = [emu_backward(d, y, z, kw, True, pre, concurrency=c, seed=c) for c in (1, 4)]
+    check_grads(outs[0], oracle_backward(d, y, "silu", "sigmoid"), torch.float32)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

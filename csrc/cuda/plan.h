@@ -44,6 +44,15 @@ constexpr int kGroupChannelsForward = 64;
 constexpr int kGroupChannelsBackward = 32;
 // Weight-gradient tiles: 32 x 32 outputs, 4 per thread.
 constexpr int kGradTile = 32;
+// A tile's batch is split over blocks of at least kGradSamples samples, at most
+// kGradSplits of them, while all the tiles' blocks stay within kGradBlocks (about a wave
+// of launch 2): one block over the whole batch is latency-bound and the tail of launch 2;
+// once the blocks queue for slots, more splits only add partial sums.
+constexpr int kGradSamples = 32;
+constexpr int kGradSplits = 8;
+constexpr int kGradBlocks = 512;
+// A split's partial tile in the workspace: its outputs, then its rows' bias sums.
+constexpr int kGradPartial = kGradTile * kGradTile + kGradTile;
 // Blocks of the kernel that zeroes the counters, at most (a grid-stride loop).
 constexpr int kZeroBlocks = 64;
 
@@ -139,11 +148,14 @@ struct Plan {
   // Launch 2: blocks of M2 samples of one (channel tile, part) of t2.
   int64_t M2 = 1, NS2 = 1;
   int64_t grid0 = 0, grid1 = 0, grid2_tiles = 0, n_gw1 = 0, n_gw2 = 0, grid2 = 0;
-  // counters (uint32): per (sample tile, channel group), then per sample tile
-  int64_t cnt_group = 0, cnt_sample = 0, n_counters = 0;
+  // Weight-gradient blocks: wg_split per tile, each over wg_n samples (the last fewer).
+  int64_t wg_split = 1, wg_n = 0;
+  // counters (uint32): per (sample tile, channel group), then per sample tile, then per
+  // weight-gradient tile when it is split
+  int64_t cnt_group = 0, cnt_sample = 0, cnt_wg = 0, n_counters = 0;
   // workspace offsets (acc_t elements)
   int64_t ws_rowsum = 0, ws_edges = 0, ws_part = 0, ws_p = 0, ws_h = 0, ws_da2 = 0, ws_da1 = 0,
-          ws_size = 0;
+          ws_wg = 0, ws_size = 0;
 
   SE_HOST_DEV int64_t per_sample() const { return t.CTn * t.Tp; }
   SE_HOST_DEV int64_t per_sample2() const { return t2.CTn * t2.Tp; }
@@ -280,12 +292,17 @@ inline Plan make_plan(const PlanInput& in) {
     p.n_gw1 = ceil_div(p.R, kGradTile) * ceil_div(p.C, kGradTile);
     // gb2 comes from these tiles, so there is at least one column of them even for R = 0.
     p.n_gw2 = p.one_layer ? 0 : ceil_div(p.C, kGradTile) * imax(1, ceil_div(p.R, kGradTile));
+    const int64_t tiles = imax(1, p.n_gw1 + p.n_gw2);
+    p.wg_split = imax(1, imin(imin(kGradSplits, ceil_div(p.N, kGradSamples)), kGradBlocks / tiles));
+    p.wg_n = ceil_div(p.N, p.wg_split);
   }
-  p.grid2 = p.grid2_tiles + p.n_gw1 + p.n_gw2;
+  const int64_t wg_partials = p.wg_split > 1 ? p.n_gw1 + p.n_gw2 : 0;
+  p.grid2 = p.grid2_tiles + (p.n_gw1 + p.n_gw2) * p.wg_split;
 
   p.cnt_group = 0;
   p.cnt_sample = p.NST * p.CGn;
-  p.n_counters = p.cnt_sample + p.NST;
+  p.cnt_wg = p.cnt_sample + p.NST;
+  p.n_counters = p.cnt_wg + wg_partials;
   p.grid0 = imin(ceil_div(p.n_counters, kThreads), kZeroBlocks);
 
   const int64_t N = p.N, C = p.C, R = p.R;
@@ -306,6 +323,7 @@ inline Plan make_plan(const PlanInput& in) {
   if (p.backward) {
     p.ws_da2 = take(N * C);
     p.ws_da1 = take(N * R);
+    p.ws_wg = take(wg_partials * p.wg_split * kGradPartial);
   }
   p.ws_size = o;
   return p;
