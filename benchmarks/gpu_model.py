@@ -255,8 +255,17 @@ class Prediction:
 # rule costs. The rows carry the tiles ("k1_tile", "k2_tile").
 NT_CHOICES = (1, 2, 4, 8)  # the plan keeps one accumulator per sample in registers: <= 8
 CT_CHOICES = (8, 16, 32, 64, 128, 256)
+# plan.h kGroupChannelsForward / kGroupChannelsBackward
+GROUP_CHANNELS = {"forward": 64, "backward": 32}
 MIN_PART_BYTES = 4096  # no hw part smaller than this (one 16-byte load per thread)
 GRAD_TILE = 32  # weight-gradient output tiles (plan.h kGradTile)
+GRAD_SAMPLES, GRAD_SPLITS, GRAD_BLOCKS = 32, 8, 512  # plan.h kGradSamples, ...Splits, ...Blocks
+
+
+def grad_splits(N: int, tiles: int) -> int:
+    """plan.h grad_splits: blocks per weight-gradient tile, each over ceil(N / splits)
+    samples."""
+    return max(1, min(GRAD_SPLITS, math.ceil(N / GRAD_SAMPLES), GRAD_BLOCKS // max(1, tiles)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,27 +355,37 @@ def k2_cost(s: Shape, g: GPU, t: Tile, keep: float, ahead: bool = False
     res = X if s.residual else 0.0
     if s.pass_ == "forward":
         first, reread, writes, other = X, X, X, res
-        wg_fma = wg_l2 = wg_block = wg_tiles = 0.0
+        wg_fma = wg_l2 = wg_block = wg_all = 0.0
     else:
         first, reread, writes, other = X * (2 + s.residual), X * (1 + s.residual), \
             X * (1 + s.residual), 0.0
         wg_fma = 2.0 * N * Cc * R
         wg_tiles = 2 * math.ceil(Cc / GRAD_TILE) * math.ceil(R / GRAD_TILE)
-        wg_l2 = wg_tiles * N * 2 * GRAD_TILE * 4.0
-        # grad_tile: n ascending, per n a value of the column operand and 4 of the rows,
-        # in chunks and a half
-        wg_block = loop_us(1, N, 1 + GRAD_TILE // 8, ahead, 1.5 * const("loads_ahead"))
+        splits = grad_splits(N, wg_tiles)
+        # operands, and with splits each block's partial tile written and read back
+        wg_l2 = wg_tiles * (N * 2 * GRAD_TILE * 4.0
+                            + (splits > 1) * 2 * splits * (GRAD_TILE + 1) * GRAD_TILE * 4.0)
+        # grad_tile: n ascending over the block's samples, per n a value of the column
+        # operand and 4 of the rows, in chunks and a half; with splits the last arrival
+        # adds the partials in split order, a chunk of splits per output (4 and 4 biases)
+        per_block = loop_us(1, math.ceil(N / splits), 1 + GRAD_TILE // 8, ahead,
+                            1.5 * const("loads_ahead"))
+        final = const("t_handoff") + loop_us(2 * GRAD_TILE // 8, splits) if splits > 1 else 0.0
+        wg_block = per_block + final  # one tile's chain
+        # the weight-gradient blocks' latency-bound time over all launch-2 slots
+        wg_all = (wg_tiles * splits * per_block + wg_tiles * final) / launch2_slots(g)
     hits = l2_hits(reread, first, keep, reverse=True)
     s_l2 = t.blocks * 4.0 * (t.NT * R + t.CT * R + t.NT * t.CT)
     s_fma = float(t.blocks) * t.NT * t.CT * R
     s_latency = prologue_us(s, t, ahead)
     hbm = (reread - hits) + other + writes
     stream = on_grid_us(g, stream_us(g, hbm, reread + other + s_l2 + wg_l2, s_fma + wg_fma),
-                        t.blocks + int(wg_tiles), (reread + other + writes) / t.blocks,
+                        t.blocks, (reread + other + writes) / t.blocks,
                         const("blocks_per_sm_2"), s_latency)
-    us = const("t_ramp") + max(stream, wg_block)
+    us = const("t_ramp") + max(stream, wg_block, wg_all)
     return us, hbm, {"K2 stream": stream, "K2 gate-input latency": s_latency,
-                     "K2 weight-grad block": wg_block, "K2 L2 hits (MB)": hits / MB}
+                     "K2 weight-grad block": wg_block, "K2 weight-grad blocks": wg_all,
+                     "K2 L2 hits (MB)": hits / MB}
 
 
 SMEM_BYTES = 24 * 1024  # plan.h kSmemBytes: a launch-2 block's shared memory
@@ -417,13 +436,17 @@ def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]
     (channel tile, part), M2 from samples_per_block with `slots` launch-2 blocks resident
     (SE_FUSED_CUDA_SAMPLES: samples2), except in the channels_last forward (plan.h t2):
     channel tiles of max(2, 8 / V) granules (a channel per warp in forward_gates, whole
-    32-byte sectors; at most launch 1's TC), the samples stacked as rows of one tile of
+    32-byte sectors; at most the channels need), the samples stacked as rows of one tile of
     16 * TP2 pixel rows (M2 = as many whole samples as fit, <= 8; a larger sample is cut
-    in parts of 16 * TP2 / M2 pixels). Returned as (K1 tile with CT = the finalizer's
-    channel group, K2 tile)."""
+    in parts of 16 * TP2 / M2 pixels). Launch 1's finalizer groups are whole channel tiles
+    of >= GROUP_CHANNELS[pass] channels, and its channels_last tiles at most that wide (at
+    least a granule); launch 2 of the channels_last backward keeps the widest tiles (up to
+    32 granules). Returned as (K1 tile with CT = the finalizer's channel group, K2 tile)."""
     esize, acc = s.esize, (8 if s.esize == 8 else 4)
     V = 16 // esize
     stage = 16 * 1024
+    group = GROUP_CHANNELS[s.pass_]
+    wide = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(s.C / V)))))
     L = PT = 0
     if s.layout == "nchw":
         L = stage // acc if s.pass_ == "backward" else stage // esize
@@ -437,18 +460,22 @@ def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]
         partials = 1  # per-(n, c) row sums (plus edge pieces, counted in the workspace)
         tile_elems, tile_ch = min(L, CTw * s.HW), min(CTw, math.ceil(L / s.HW) + 1)
     else:
-        TC = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(s.C / V)))))
+        TC = min(wide, max(1, group // V))
         CTw, PT = TC * V, 16 * (256 // TC)
         CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / PT)
         partials = Tp
-        tile_elems, tile_ch = CTw * min(PT, s.HW), min(CTw, s.C)
     ms = 4 if acc == 8 else 8
     NT = min(ms, s.N)
-    per_group = math.ceil(64 / CTw)
+    per_group = math.ceil(group / CTw)
     CG, CGn = per_group * CTw, math.ceil(CTn / per_group)
     k1 = Tile(NT, min(CG, s.C), partials, s.N * CTn * Tp, CGn)
+    if s.layout != "nchw" and s.pass_ == "backward":
+        CTw, PT = wide * V, 16 * (256 // wide)
+        CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / PT)
+    if s.layout != "nchw":
+        tile_elems, tile_ch = CTw * min(PT, s.HW), min(CTw, s.C)
     if s.layout != "nchw" and s.pass_ == "forward":
-        TC2 = min(TC, max(2, 8 // V))
+        TC2 = min(wide, max(2, 8 // V))
         CTw, rows = TC2 * V, 16 * (256 // TC2)
         M2 = min(ms, s.N, samples2 if samples2 > 0 else max(1, rows // s.HW))
         CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / (rows // M2))

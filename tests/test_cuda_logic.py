@@ -91,15 +91,18 @@ def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
     esize = torch.empty(0, dtype=dtype).element_size()
     assert p.grid1 == N * p.CTn * p.Tp  # one block per tile
     assert p.CTn == -(-C // p.CTw) and p.CG % p.CTw == 0 and p.CGn == -(-p.CTn // (p.CG // p.CTw))
+    V = 16 // esize
+    wide = min(32, 1 << (-(-C // V) - 1).bit_length()) * V  # channels_last, up to 32 granules
     if not cl:  # channel tiles start on 16-byte granules, whatever the alignment
         assert p.CTw * H * W * esize % 16 == 0
+        assert p.CG == -(-64 // p.CTw) * p.CTw  # finalizer groups: whole tiles, >= 64 channels
     else:
         assert p.Tp == -(-(H * W) // (16 * 256 // (p.CTw * esize // 16)))  # 16 pixels a thread
+        assert p.CG == p.CTw == min(wide, max(V, 64))  # one tile a group, <= 64 channels
     most = 4 if dtype == torch.float64 else 8
     if cl:  # launch 2 of the forward: a channel per warp, whole 32-byte sectors, stacked samples
-        V = 16 // esize
         rows = 16 * 256 // (p.CTw2 // V)  # pixel rows of a stacked tile, 16 a thread
-        assert p.stack2 and p.CTw2 == min(p.CTw, max(2, 8 // V) * V)
+        assert p.stack2 and p.CTw2 == min(wide, max(2, 8 // V) * V)
         assert p.M2 == min(N, most, max(1, rows // (H * W)))
         assert p.Tp2 == -(-(H * W) // (rows // p.M2)) and p.CTn2 == -(-C // p.CTw2)
     else:
@@ -113,9 +116,23 @@ def test_plan_tiles_cover_x_and_launch_2_follows_the_l2_size(shape, dtype, cl):
     # with the device's block slots known, launch 2 may take fewer samples a block
     for slots in (1, 7, 396):
         assert 1 <= EMU.plan(shape, R, dtype, cl, slots=slots).M2 <= p.M2
+    # the backward's finalizer groups are narrower (>= 32 channels; channels_last tiles
+    # <= 32), its launch 2 keeps the widest channels_last tiles
     bwd = EMU.plan(shape, R, dtype, cl, backward=True)
-    assert not bwd.stack2 and (bwd.CTw2, bwd.Tp2) == (bwd.CTw, bwd.Tp)
-    assert bwd.grid2 == bwd.grid1 // N * -(-N // bwd.M2) + -(-R // 32) * -(-C // 32) + -(-C // 32)
+    assert not bwd.stack2 and bwd.CTn == -(-C // bwd.CTw) and bwd.CG % bwd.CTw == 0
+    if cl:
+        assert bwd.CG == bwd.CTw == min(wide, max(V, 32)) and bwd.CTw2 == wide
+        assert bwd.Tp == -(-(H * W) // (16 * 256 // (bwd.CTw // V)))
+        assert bwd.Tp2 == -(-(H * W) // (16 * 256 // (wide // V)))
+    else:
+        assert (bwd.CTw2, bwd.Tp2) == (bwd.CTw, bwd.Tp) and bwd.CG == -(-32 // bwd.CTw) * bwd.CTw
+    assert bwd.grid1 == N * bwd.CTn * bwd.Tp
+    # weight-gradient tiles: the batch split in blocks of >= 32 samples, <= 8 of them,
+    # <= 512 blocks in all
+    tiles = -(-R // 32) * -(-C // 32) + -(-C // 32)
+    assert bwd.wg_split == max(1, min(8, -(-N // 32), 512 // tiles))
+    assert bwd.wg_n == -(-N // bwd.wg_split)
+    assert bwd.grid2 == -(-N // bwd.M2) * bwd.CTn2 * bwd.Tp2 + tiles * bwd.wg_split
 
 
 # --- the oracle ------------------------------------------------------------------------
@@ -298,6 +315,24 @@ def test_backward_matches_reference(case):
     y, z, pre = emu_forward(d, kw)
     out = emu_backward(d, y, z, kw, mask, pre, **SMALL)
     check_grads(out, oracle_backward(d, y if mask else None, act, gate), dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("N,splits", [(70, 3), (256, 8), (33, 2)])
+def test_weight_gradients_split_over_the_batch_match_reference_in_any_block_order(layout, N,
+                                                                                  splits):
+    # each weight-gradient tile's batch is split over blocks of >= 32 samples; the last
+    # block to arrive adds their partial tiles in split order, whatever the order the
+    # blocks ran in
+    d = make((N, 40, 3, 3), 36, torch.float32, LAYOUTS[layout])  # 2 x 2 + 2 tiles
+    assert EMU.plan((N, 40, 3, 3), 36, torch.float32, layout == "channels_last",
+                    backward=True).wg_split == splits
+    kw = dict(activation="silu", gate="sigmoid", out_activation="relu")
+    y, z, pre = emu_forward(d, kw)
+    outs = [emu_backward(d, y, z, kw, True, pre, concurrency=c, seed=c) for c in (1, 4)]
+    check_grads(outs[0], oracle_backward(d, y, "silu", "sigmoid"), torch.float32)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

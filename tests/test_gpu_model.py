@@ -81,10 +81,9 @@ def test_l2_reuse_lowers_the_fused_bytes_when_x_fits():
     assert spills.hbm_bytes > 2.8 * huge.x_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 72 rows below compile (0.67x "
-                   "worst), 68 of them backward at batch 256: launch 1's last-arrival chain "
-                   "(~10-30 us over 256-channel groups) and the weight-gradient blocks (~26 us "
-                   "each over the whole batch) are latency-bound (docs/NOTES.md, 'CUDA v3')")
+@pytest.mark.xfail(strict=True, reason="the model predicts 1 row below compile (0.89x: "
+                   "MobileNetV3 b12 256x672x14x14 float32 NCHW backward on the H200: 186 us, "
+                   "107 of them launch 2's map stream) (docs/NOTES.md, 'CUDA v3')")
 def test_default_design_is_never_slower_than_torch_compile(targets):
     t = targets["every case"]
     assert t["met"], t["misses"][:5]
@@ -95,23 +94,21 @@ def _all_three(rows):
             for x in gpu_model.check_targets(rows, "fused_all_us")}
 
 
-def test_with_the_three_changes_the_design_meets_the_geomean_and_eager_targets(rows):
+def test_with_the_three_changes_the_design_meets_the_geomean_eager_and_compile_targets(rows):
     """Launch-2 tiles the model picks, the small layers' chunks of loads run on across a
     thread's loops, and PDL without the memset (NOTES, 'CUDA v3')."""
     t = _all_three(rows)
-    for name in ("geomean speedup vs torch.compile", "batch-1 forward"):
+    for name in ("geomean speedup vs torch.compile", "batch-1 forward", "every case"):
         assert t[name]["met"], (name, t[name]["misses"][:5])
     assert not t["forward, |x| <= L2/2"]["met"]
 
 
 @pytest.mark.xfail(strict=True, reason="with 8 loads ahead (16 spill under the register caps) "
-                   "the model predicts 3 rows below compile (0.86x, MobileNetV3 b14-15 backward "
-                   "on the H200) and 5 forwards below 60 % (55 % worst) even with the three "
+                   "the model predicts 5 forwards below 60 % (55 % worst) even with the three "
                    "changes")
-def test_with_the_three_changes_the_design_meets_the_compile_and_60_percent_targets(rows):
+def test_with_the_three_changes_the_design_meets_the_60_percent_target(rows):
     t = _all_three(rows)
-    for name in ("every case", "forward, |x| > L2/2"):
-        assert t[name]["met"], (name, t[name]["misses"][:5])
+    assert t["forward, |x| > L2/2"]["met"], t["forward, |x| > L2/2"]["misses"][:5]
 
 
 def test_default_design_geomean_over_torch_compile_is_at_least_1_3(targets):
@@ -124,7 +121,7 @@ def test_default_design_batch_1_forward_is_3x_eager(targets):
     assert t["met"], t["misses"][:5]
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 28 % at worst: two launches, their "
+@pytest.mark.xfail(strict=True, reason="the model predicts 35 % at worst: two launches, their "
                    "ramps and the last-arrival chain cost more than the 8-15 us floors "
                    "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_half_l2(
@@ -132,7 +129,7 @@ def test_default_design_forward_reaches_85_percent_of_the_roofline_where_x_fits_
     assert targets["forward, |x| <= L2/2"]["met"]
 
 
-@pytest.mark.xfail(strict=True, reason="the model predicts 20 rows below 60 %, 47 % worst: "
+@pytest.mark.xfail(strict=True, reason="the model predicts 12 rows below 60 %, 51 % worst: "
                    "the small layers' latency-bound loops and the fixed costs "
                    "(docs/NOTES.md, 'CUDA v3')")
 def test_default_design_forward_reaches_60_percent_of_the_roofline_elsewhere(targets):

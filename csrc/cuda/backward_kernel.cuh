@@ -6,7 +6,8 @@
 //     a sample tile finalizes da1 and h (small_layers.cuh). No block waits.
 //   se_map_kernel: one block per (M2 samples, channel tile, part) computes s and
 //     dz / HW for its pairs and writes grad_x = g * s + dz / HW (and grad_residual
-//     = g); further blocks of the same launch compute the weight gradients.
+//     = g); further blocks of the same launch compute the weight gradients (a
+//     tile's batch split over several blocks, the last arrival adds their partials).
 // grad_y and the mask are kept in L2 by the first launch when they fit, else the
 // map walks its tiles from the end.
 #pragma once
@@ -53,7 +54,7 @@ inline BackwardParams<T> backward_params(const BackwardLaunch& l) {
           const_cast<acc_t*>(static_cast<const acc_t*>(l.pre)),
           ws + p.ws_p, ws + p.ws_h, ws + p.ws_da2, ws + p.ws_da1};
   b.wg = {static_cast<acc_t*>(l.gw1), static_cast<acc_t*>(l.gb1), static_cast<acc_t*>(l.gw2),
-          static_cast<acc_t*>(l.gb2)};
+          static_cast<acc_t*>(l.gb2), ws + p.ws_wg};
   b.counters = l.counters;
   b.from_y = l.from_y;
   return b;
@@ -88,8 +89,10 @@ __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS_2)
   SE_BLOCK_SHARED(smem, kSmemBytes + 16);
   const Plan& P = p.plan;
   if (int64_t(blockIdx.x) >= P.grid2_tiles) {
-    wait_prior_grid();  // da1, da2, h
-    weight_grad_tile<acc_t>(P, p.ex, p.wg, int64_t(blockIdx.x) - P.grid2_tiles);
+    wait_prior_grid();  // da1, da2, h; the counters
+    weight_grad_block<acc_t>(P, p.ex, p.wg, p.counters,
+                             reinterpret_cast<volatile uint32_t*>(smem + kSmemBytes),
+                             int64_t(blockIdx.x) - P.grid2_tiles);
     return;
   }
   const ScaleBlock b(P);

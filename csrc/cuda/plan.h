@@ -33,10 +33,26 @@ constexpr int kStageBytes = 16 * 1024;
 // (4 granules in flight at a time). Taller tiles mean fewer per-part sums for the
 // finalizer to add (H*W / (16 * TP) of them per channel).
 constexpr int kPixelsPerThread = 16;
-// Channels of a finalizer's group and of an NCHW channel tile, at most.
+// Channels of an NCHW channel tile, at most.
 constexpr int kMaxGroupChannels = 256;
+// Launch 1's finalizer groups: whole channel tiles of at least this many channels,
+// and channels_last tiles of at most this many (at least one granule). The group's
+// last arrival walks its channels one after another: in the backward a thread per
+// output of dh over all of them (column_dot), in the forward a warp's lanes over 32
+// at a time (warp_dots), hence the backward's narrower groups.
+constexpr int kGroupChannelsForward = 64;
+constexpr int kGroupChannelsBackward = 32;
 // Weight-gradient tiles: 32 x 32 outputs, 4 per thread.
 constexpr int kGradTile = 32;
+// A tile's batch is split over blocks of at least kGradSamples samples, at most
+// kGradSplits of them, while all the tiles' blocks stay within kGradBlocks (about a wave
+// of launch 2): one block over the whole batch is latency-bound and the tail of launch 2;
+// once the blocks queue for slots, more splits only add partial sums.
+constexpr int kGradSamples = 32;
+constexpr int kGradSplits = 8;
+constexpr int kGradBlocks = 512;
+// A split's partial tile in the workspace: its outputs, then its rows' bias sums.
+constexpr int kGradPartial = kGradTile * kGradTile + kGradTile;
 // Blocks of the kernel that zeroes the counters, at most (a grid-stride loop).
 constexpr int kZeroBlocks = 64;
 
@@ -91,7 +107,7 @@ inline int64_t pow2_floor(int64_t v) {
 
 // A streaming tile is (sample n, channel tile ct, part): CTn channel tiles of CTw
 // channels, Tp parts each. Launch 1 streams these tiles; launch 2 the same, except in
-// the channels_last forward (Plan::t2).
+// channels_last (Plan::t2).
 //   NCHW: channel tile ct is the contiguous span of its channels' rows; parts are
 //   pieces of L elements of it (rows may cross parts; the last channel tile may
 //   have fewer parts, the rest are empty tiles).
@@ -118,10 +134,11 @@ struct Plan {
   bool keep = false;  // launch 1 keeps the re-read tensors in L2 (they fit)
   bool reverse = false;  // launch 2 walks its tiles from the end (what launch 1 left in L2)
   Tiles t;   // launch 1's tiles
-  // Launch 2's tiles: t, except in the channels_last forward, where they are narrower
-  // (every block computes the gates of its channels first: a warp per channel) and
-  // stacked: a block streams the PT pixels of its part of all its M2 samples as one
-  // tile of M2 * PT pixel rows, at most kPixelsPerThread * TP of them.
+  // Launch 2's tiles: t in NCHW. channels_last: as wide as the channels allow (up to
+  // 32 granules) in the backward, where every block computes its channels' constants
+  // first (a thread per channel over R); in the forward narrower (the gates: a warp per
+  // channel) and stacked: a block streams the PT pixels of its part of all its M2
+  // samples as one tile of M2 * PT pixel rows, at most kPixelsPerThread * TP of them.
   Tiles t2;
   bool stack2 = false;
   double inv_hw = 1.0;
@@ -131,11 +148,14 @@ struct Plan {
   // Launch 2: blocks of M2 samples of one (channel tile, part) of t2.
   int64_t M2 = 1, NS2 = 1;
   int64_t grid0 = 0, grid1 = 0, grid2_tiles = 0, n_gw1 = 0, n_gw2 = 0, grid2 = 0;
-  // counters (uint32): per (sample tile, channel group), then per sample tile
-  int64_t cnt_group = 0, cnt_sample = 0, n_counters = 0;
+  // Weight-gradient blocks: wg_split per tile, each over wg_n samples (the last fewer).
+  int64_t wg_split = 1, wg_n = 0;
+  // counters (uint32): per (sample tile, channel group), then per sample tile, then per
+  // weight-gradient tile when it is split
+  int64_t cnt_group = 0, cnt_sample = 0, cnt_wg = 0, n_counters = 0;
   // workspace offsets (acc_t elements)
   int64_t ws_rowsum = 0, ws_edges = 0, ws_part = 0, ws_p = 0, ws_h = 0, ws_da2 = 0, ws_da1 = 0,
-          ws_size = 0;
+          ws_wg = 0, ws_size = 0;
 
   SE_HOST_DEV int64_t per_sample() const { return t.CTn * t.Tp; }
   SE_HOST_DEV int64_t per_sample2() const { return t2.CTn * t2.Tp; }
@@ -184,6 +204,16 @@ inline int64_t samples_per_block(int64_t N, int64_t per_sample, int64_t most, in
   return best;
 }
 
+// channels_last tiles of TC granule columns, kPixelsPerThread pixel rows a thread.
+inline void cl_tiles(Tiles& t, int TC, int64_t C, int64_t HW, int64_t V) {
+  t.TC = TC;
+  t.TP = kThreads / TC;
+  t.CTw = int64_t(TC) * V;
+  t.CTn = ceil_div(C, t.CTw);
+  t.PT = kPixelsPerThread * int64_t(t.TP);
+  t.Tp = ceil_div(HW, t.PT);
+}
+
 inline Plan make_plan(const PlanInput& in) {
   Plan p;
   p.N = in.N, p.C = in.C, p.HW = in.HW, p.R = in.R;
@@ -193,6 +223,8 @@ inline Plan make_plan(const PlanInput& in) {
   p.esize = in.esize;
   p.acc_size = in.esize == 8 ? 8 : 4;
   const int64_t V = kGranule / in.esize;
+  const int64_t group = p.backward ? kGroupChannelsBackward : kGroupChannelsForward;
+  const int wide = int(imin(32, pow2_ceil(ceil_div(in.C, V))));  // channels_last granules
   Tiles& t = p.t;
   if (!p.cl) {
     // Forward tiles stage x as it is (16 KB); backward tiles stage g*v in the
@@ -214,13 +246,7 @@ inline Plan make_plan(const PlanInput& in) {
     t.seg_groups = int(pow2_floor(imax(1, (kThreads / t.seg_lanes) / max_segs)));
     t.long_rows = in.HW >= t.L;
   } else {
-    const int64_t granules = ceil_div(in.C, V);
-    t.TC = int(imin(32, pow2_ceil(granules)));
-    t.TP = kThreads / t.TC;
-    t.CTw = int64_t(t.TC) * V;
-    t.CTn = ceil_div(in.C, t.CTw);
-    t.PT = kPixelsPerThread * int64_t(t.TP);
-    t.Tp = ceil_div(in.HW, t.PT);
+    cl_tiles(t, int(imin(wide, imax(1, group / V))), in.C, in.HW, V);
     p.vec = in.vec && in.C % V == 0;
   }
   p.inv_hw = 1.0 / double(in.HW);
@@ -230,21 +256,19 @@ inline Plan make_plan(const PlanInput& in) {
   const int64_t ms = max_samples(p.acc_size);
   p.NT = imin(ms, p.N);
   p.NST = ceil_div(p.N, p.NT);
-  p.cts_per_group = ceil_div(64, t.CTw);
+  p.cts_per_group = ceil_div(group, t.CTw);
   p.CG = p.cts_per_group * t.CTw;
   p.CGn = ceil_div(t.CTn, p.cts_per_group);
   p.t2 = t;
   p.stack2 = p.cl && !p.backward;
+  if (p.cl && p.backward) cl_tiles(p.t2, wide, in.C, in.HW, V);
   if (p.stack2) {
     // forward_gates takes a warp per channel, so a block's prologue lasts as long as its
     // channels per warp: one (kWarps channels), but whole 32-byte sectors (2 granules),
-    // and no wider than launch 1's tile. The samples fill the tile's rows (up to the
-    // most the gates' registers hold); a sample larger than the tile is cut in parts.
+    // and no wider than the channels. The samples fill the tile's rows (up to the most
+    // the gates' registers hold); a sample larger than the tile is cut in parts.
     Tiles& u = p.t2;
-    u.TC = int(imin(t.TC, imax(2, kWarps / V)));
-    u.TP = kThreads / u.TC;
-    u.CTw = int64_t(u.TC) * V;
-    u.CTn = ceil_div(in.C, u.CTw);
+    cl_tiles(u, int(imin(wide, imax(2, kWarps / V))), in.C, in.HW, V);
     const int64_t rows = int64_t(kPixelsPerThread) * u.TP;
     p.M2 = imin(imin(ms, p.N), in.samples2 > 0 ? in.samples2 : imax(1, rows / in.HW));
     u.PT = rows / p.M2;
@@ -252,12 +276,13 @@ inline Plan make_plan(const PlanInput& in) {
   } else {
     // launch 2's prologue (weights of a tile's channels) against a tile's streamed bytes
     // (read and write; a third stream with a residual or mask is left out)
-    const int64_t tile_elems = p.cl ? t.CTw * imin(t.PT, in.HW) : imin(t.L, t.CTw * in.HW);
-    const int64_t tile_ch = p.cl ? imin(t.CTw, in.C) : imin(t.CTw, ceil_div(t.L, in.HW) + 1);
+    const Tiles& u = p.t2;
+    const int64_t tile_elems = p.cl ? u.CTw * imin(u.PT, in.HW) : imin(u.L, u.CTw * in.HW);
+    const int64_t tile_ch = p.cl ? imin(u.CTw, in.C) : imin(u.CTw, ceil_div(u.L, in.HW) + 1);
     const double prologue = 0.5 * double(tile_ch * in.R * p.acc_size) /
                             double(imax(1, 2 * tile_elems * in.esize));
     p.M2 = in.samples2 > 0 ? imin(imin(in.samples2, ms), p.N)
-                           : samples_per_block(p.N, p.per_sample(), ms, in.slots, prologue);
+                           : samples_per_block(p.N, p.per_sample2(), ms, in.slots, prologue);
   }
   p.NS2 = ceil_div(p.N, p.M2);
 
@@ -267,12 +292,17 @@ inline Plan make_plan(const PlanInput& in) {
     p.n_gw1 = ceil_div(p.R, kGradTile) * ceil_div(p.C, kGradTile);
     // gb2 comes from these tiles, so there is at least one column of them even for R = 0.
     p.n_gw2 = p.one_layer ? 0 : ceil_div(p.C, kGradTile) * imax(1, ceil_div(p.R, kGradTile));
+    const int64_t tiles = imax(1, p.n_gw1 + p.n_gw2);
+    p.wg_split = imax(1, imin(imin(kGradSplits, ceil_div(p.N, kGradSamples)), kGradBlocks / tiles));
+    p.wg_n = ceil_div(p.N, p.wg_split);
   }
-  p.grid2 = p.grid2_tiles + p.n_gw1 + p.n_gw2;
+  const int64_t wg_partials = p.wg_split > 1 ? p.n_gw1 + p.n_gw2 : 0;
+  p.grid2 = p.grid2_tiles + (p.n_gw1 + p.n_gw2) * p.wg_split;
 
   p.cnt_group = 0;
   p.cnt_sample = p.NST * p.CGn;
-  p.n_counters = p.cnt_sample + p.NST;
+  p.cnt_wg = p.cnt_sample + p.NST;
+  p.n_counters = p.cnt_wg + wg_partials;
   p.grid0 = imin(ceil_div(p.n_counters, kThreads), kZeroBlocks);
 
   const int64_t N = p.N, C = p.C, R = p.R;
@@ -293,6 +323,7 @@ inline Plan make_plan(const PlanInput& in) {
   if (p.backward) {
     p.ws_da2 = take(N * C);
     p.ws_da1 = take(N * R);
+    p.ws_wg = take(wg_partials * p.wg_split * kGradPartial);
   }
   p.ws_size = o;
   return p;

@@ -329,25 +329,44 @@ SE_DEV void backward_consts(const Plan& p, const Layers<acc_t>& L, const Excite<
   }
 }
 
-// Weight and bias gradients over the whole batch, n ascending, in tiles of 32 x 32
-// (lanes along the output's contiguous index, warps along the other, 4 each):
+// Weight and bias gradients over the batch, in tiles of 32 x 32 (lanes along the
+// output's contiguous index, warps along the other, 4 each):
 //   grad_w1 (R, C) = da1^T z; the tiles of the first channel block give grad_b1;
 //   grad_w2 (C, R) = da2^T h; the tiles of the first column block give grad_b2.
+// A tile's block sums n ascending over its samples; when the batch is split (plan.h
+// wg_split), each block leaves its partial tile in the workspace and the last to arrive
+// adds the partials in split order.
 template <typename acc_t>
 struct WeightGrads {
-  acc_t* gw1;  // (R, C)
-  acc_t* gb1;  // (R,)
-  acc_t* gw2;  // (C, R); nullptr in the one-layer form
-  acc_t* gb2;  // (C,)
+  acc_t* gw1;       // (R, C)
+  acc_t* gb1;       // (R,)
+  acc_t* gw2;       // (C, R); nullptr in the one-layer form
+  acc_t* gb2;       // (C,)
+  acc_t* partials;  // workspace: kGradPartial per (tile, split)
 };
 
+// sum over j < splits of v[j * kGradPartial], j ascending (the partials of other blocks:
+// load_cg)
 template <typename acc_t>
-SE_DEV void grad_tile(int64_t N, const acc_t* rows, int64_t ld_rows, int64_t nrows,
-                      const acc_t* cols, int64_t ld_cols, int64_t ncols, int64_t r0, int64_t c0,
-                      acc_t* gw, acc_t* gb) {
+SE_DEV acc_t sum_of_splits(const acc_t* v, int64_t splits) {
+  acc_t a = acc_t(0);
+  ahead_loop<kAhead<acc_t>>(
+      0, splits, 1, [&](int64_t j) { return load_cg(v + j * kGradPartial); },
+      [&](acc_t x, int64_t j) { a = j == 0 ? x : a + x; });
+  return a;
+}
+
+// Split `split` of tile `tile`: gw (nrows, ncols) = rows^T cols over the split's samples,
+// gb = the rows' sums (tiles with c0 = 0).
+template <typename acc_t>
+SE_DEV void grad_tile(const Plan& p, acc_t* partials, uint32_t* counters,
+                      volatile uint32_t* flag, int64_t tile, int64_t split, const acc_t* rows,
+                      int64_t ld_rows, int64_t nrows, const acc_t* cols, int64_t ld_cols,
+                      int64_t ncols, int64_t r0, int64_t c0, acc_t* gw, acc_t* gb) {
   constexpr int kPer = kGradTile / kWarps;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t c = c0 + lane;
+  const bool bias = c0 == 0 && lane == 0;
   acc_t acc[kPer], bsum[kPer];
 #pragma unroll
   for (int i = 0; i < kPer; ++i) acc[i] = bsum[i] = acc_t(0);
@@ -356,8 +375,9 @@ SE_DEV void grad_tile(int64_t N, const acc_t* rows, int64_t ld_rows, int64_t nro
   };
   // a chunk and a half (3 iterations of 5 loads): a weight-gradient block holds
   // nothing else; 4 iterations spill (ptxas)
+  const int64_t n0 = split * p.wg_n;
   ahead_loop<ahead_steps(1 + kPer, 3 * kAhead<acc_t> / 2)>(
-      0, N, 1,
+      n0, imin(p.N, n0 + p.wg_n), 1,
       [&](int64_t n) {
         Operands o;
         o.c = c < ncols ? load_ro(cols + n * ld_cols + c) : acc_t(0);
@@ -377,29 +397,51 @@ SE_DEV void grad_tile(int64_t N, const acc_t* rows, int64_t ld_rows, int64_t nro
           }
         }
       });
+  auto store = [&](int row, acc_t w, acc_t b) {
+    const int64_t r = r0 + row;
+    if (r < nrows) {
+      if (c < ncols) store1(gw + r * ncols + c, w);
+      if (bias) store1(gb + r, b);
+    }
+  };
+  if (p.wg_split == 1) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) store(warp + kWarps * i, acc[i], bsum[i]);
+    return;
+  }
+  acc_t* mine = partials + (tile * p.wg_split + split) * kGradPartial;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
-    const int64_t r = r0 + warp + kWarps * i;
-    if (r < nrows) {
-      if (c < ncols) store1(gw + r * ncols + c, acc[i]);
-      if (c0 == 0 && lane == 0) store1(gb + r, bsum[i]);
-    }
+    const int row = warp + kWarps * i;
+    store1(mine + row * kGradTile + lane, acc[i]);
+    if (lane == 0) store1(mine + kGradTile * kGradTile + row, bsum[i]);
+  }
+  if (!arrive_is_last(counters + p.cnt_wg + tile, uint32_t(p.wg_split), flag)) return;
+  // one row at a time: the partials' loads of all rows at once spill (ptxas)
+  const acc_t* first = partials + tile * p.wg_split * kGradPartial;
+#pragma unroll 1
+  for (int row = warp; row < kGradTile; row += kWarps) {
+    store(row, sum_of_splits(first + row * kGradTile + lane, p.wg_split),
+          bias ? sum_of_splits(first + kGradTile * kGradTile + row, p.wg_split) : acc_t(0));
   }
 }
 
+// Block idx of the weight-gradient blocks: split idx % wg_split of tile idx / wg_split.
 template <typename acc_t>
-SE_DEV void weight_grad_tile(const Plan& p, const Excite<acc_t>& X, const WeightGrads<acc_t>& G,
-                             int64_t idx) {
-  const int64_t N = p.N, C = p.C, R = p.R;
-  if (idx < p.n_gw1) {
+SE_DEV void weight_grad_block(const Plan& p, const Excite<acc_t>& X,
+                              const WeightGrads<acc_t>& G, uint32_t* counters,
+                              volatile uint32_t* flag, int64_t idx) {
+  const int64_t C = p.C, R = p.R;
+  const int64_t tile = uint32_t(idx) / uint32_t(p.wg_split);  // 32-bit: a block index
+  const int64_t split = idx - tile * p.wg_split;
+  if (tile < p.n_gw1) {
     const int64_t nct = ceil_div(C, kGradTile);
-    grad_tile(N, X.da1, R, R, X.z, C, C, (idx / nct) * kGradTile, (idx % nct) * kGradTile, G.gw1,
-              G.gb1);
+    grad_tile(p, G.partials, counters, flag, tile, split, X.da1, R, R, X.z, C, C,
+              (tile / nct) * kGradTile, (tile % nct) * kGradTile, G.gw1, G.gb1);
   } else {
-    idx -= p.n_gw1;
-    const int64_t nrt = imax(1, ceil_div(R, kGradTile));
-    grad_tile(N, X.da2, C, C, X.h, R, R, (idx / nrt) * kGradTile, (idx % nrt) * kGradTile, G.gw2,
-              G.gb2);
+    const int64_t k = tile - p.n_gw1, nrt = imax(1, ceil_div(R, kGradTile));
+    grad_tile(p, G.partials, counters, flag, tile, split, X.da2, C, C, X.h, R, R,
+              (k / nrt) * kGradTile, (k % nrt) * kGradTile, G.gw2, G.gb2);
   }
 }
 

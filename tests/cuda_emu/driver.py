@@ -47,7 +47,7 @@ class EmuArgs(ctypes.Structure):
 class EmuPlan(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in ("grid1", "grid2", "ws_size", "n_counters", "CTw",
                                               "CTn", "Tp", "CG", "CGn", "NT", "M2", "CTw2",
-                                              "CTn2", "Tp2", "grid0")] + [
+                                              "CTn2", "Tp2", "grid0", "wg_split", "wg_n")] + [
         (n, ctypes.c_int32) for n in ("vec", "keep", "reverse", "long_rows", "stack2")]
 
 

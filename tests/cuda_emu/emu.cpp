@@ -266,7 +266,7 @@ struct EmuArgs {
 
 struct EmuPlan {
   int64_t grid1, grid2, ws_size, n_counters, CTw, CTn, Tp, CG, CGn, NT, M2, CTw2, CTn2, Tp2,
-      grid0;
+      grid0, wg_split, wg_n;
   int32_t vec, keep, reverse, long_rows, stack2;
 };
 
@@ -369,8 +369,8 @@ int se_emu_plan(const EmuArgs* a, EmuPlan* out) {
   const Plan p = plan_of(*a);
   *out = EmuPlan{p.grid1,  p.grid2,   p.ws_size, p.n_counters, p.t.CTw,  p.t.CTn,
                  p.t.Tp,   p.CG,      p.CGn,     p.NT,         p.M2,     p.t2.CTw,
-                 p.t2.CTn, p.t2.Tp,   p.grid0,   p.vec,        p.keep,   p.reverse,
-                 p.t.long_rows, p.stack2};
+                 p.t2.CTn, p.t2.Tp,   p.grid0,   p.wg_split,   p.wg_n,   p.vec,
+                 p.keep,   p.reverse, p.t.long_rows, p.stack2};
   return 0;
 }
 
@@ -423,6 +423,17 @@ int se_emu_run(const EmuArgs* a, char* err, int errlen) {
         if (got != (sample_stage ? uint32_t(plan.CGn) : 0u)) {
           std::snprintf(err, size_t(errlen), "sample counter %lld is %u",
                         static_cast<long long>(st), got);
+          return 1;
+        }
+      }
+    }
+    if (i == 2 && plan.wg_split > 1) {
+      // every split of every weight-gradient tile counted in
+      for (int64_t k = 0; k < plan.n_gw1 + plan.n_gw2; ++k) {
+        const uint32_t got = counters[size_t(plan.cnt_wg + k)];
+        if (got != uint32_t(plan.wg_split)) {
+          std::snprintf(err, size_t(errlen), "weight-gradient counter %lld is %u",
+                        static_cast<long long>(k), got);
           return 1;
         }
       }
