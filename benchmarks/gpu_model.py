@@ -480,7 +480,8 @@ def plan_tiles(s: Shape, slots: int = 0, samples2: int = 0) -> Tuple[Tile, Tile]
         M2 = min(ms, s.N, samples2 if samples2 > 0 else max(1, rows // s.HW))
         CTn, Tp = math.ceil(s.C / CTw), math.ceil(s.HW / (rows // M2))
     else:
-        prologue = 0.5 * tile_ch * s.R * acc / max(1, 2 * tile_elems * esize)
+        prologue = ((0.5 if s.layout != "nchw" else 1.0) * tile_ch * s.R * acc
+                    / max(1, 2 * tile_elems * esize))
         M2 = (min(samples2, ms, s.N) if samples2 > 0
               else samples_per_block(s.N, CTn * Tp, ms, slots, prologue))
     k2 = Tile(M2, min(CTw, s.C), Tp, math.ceil(s.N / M2) * CTn * Tp, CTn)

@@ -188,8 +188,8 @@ struct PlanInput {
 // its channels (R values each, from L2) for all its samples, then streams one tile
 // per sample: more samples spread that prologue over more of x, but a grid of few
 // blocks leaves its last wave part-empty. Of 1 .. the most, the one with the least
-// (block waves) x (samples + prologue), the prologue counted in tiles at half the
-// cost of streamed bytes (L2 against HBM); the larger on a tie. A guess until a GPU
+// (block waves) x (samples + prologue), the prologue counted in tiles (make_plan
+// weighs its bytes against the tile's); the larger on a tie. A guess until a GPU
 // calibrates it; it never changes a result bit.
 inline int64_t samples_per_block(int64_t N, int64_t per_sample, int64_t most, int64_t slots,
                                  double prologue_tiles) {
@@ -275,11 +275,14 @@ inline Plan make_plan(const PlanInput& in) {
     u.Tp = ceil_div(in.HW, u.PT);
   } else {
     // launch 2's prologue (weights of a tile's channels) against a tile's streamed bytes
-    // (read and write; a third stream with a residual or mask is left out)
+    // (read and write; a third stream with a residual or mask is left out). An NCHW tile
+    // holds few channels (16 KB of rows), so most of the block idles through a prologue
+    // of a thread (or warp) per channel: counted at the cost of streamed bytes there, at
+    // half of it in channels_last, whose wide tiles keep every thread busy in it.
     const Tiles& u = p.t2;
     const int64_t tile_elems = p.cl ? u.CTw * imin(u.PT, in.HW) : imin(u.L, u.CTw * in.HW);
     const int64_t tile_ch = p.cl ? imin(u.CTw, in.C) : imin(u.CTw, ceil_div(u.L, in.HW) + 1);
-    const double prologue = 0.5 * double(tile_ch * in.R * p.acc_size) /
+    const double prologue = (p.cl ? 0.5 : 1.0) * double(tile_ch * in.R * p.acc_size) /
                             double(imax(1, 2 * tile_elems * in.esize));
     p.M2 = in.samples2 > 0 ? imin(imin(in.samples2, ms), p.N)
                            : samples_per_block(p.N, p.per_sample2(), ms, in.slots, prologue);
