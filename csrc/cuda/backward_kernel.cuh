@@ -13,7 +13,8 @@
 #pragma once
 
 #include "backward_map.cuh"
-#include "forward_kernel.cuh"
+#include "launch.h"
+#include "small_layers.cuh"
 
 namespace se_fused {
 namespace cuda {

@@ -54,25 +54,6 @@ inline ForwardParams<T> forward_params(const ForwardLaunch& l) {
   return f;
 }
 
-// Launch 2's block: samples [n0, n0 + M) of one (channel tile, part) of t2, in
-// reverse order when the first launch could not keep the re-read tensors in L2.
-struct ScaleBlock {
-  int64_t n0, ct, part;
-  int M;
-  SE_DEV explicit ScaleBlock(const Plan& P) {
-    int64_t b = blockIdx.x;
-    if (P.reverse) b = P.grid2_tiles - 1 - b;
-    part = b % P.t2.Tp;
-    const int64_t q = b / P.t2.Tp;
-    ct = q % P.t2.CTn;
-    n0 = (q / P.t2.CTn) * P.M2;
-    M = int(P.samples_in(n0, P.M2));
-  }
-  // Tiles streamed one after another: the block's samples, unless they are stacked
-  // into one tile.
-  SE_DEV int passes(const Plan& P) const { return P.stack2 ? 1 : M; }
-};
-
 template <typename T, bool CL>
 __global__ void __launch_bounds__(kThreads, SE_FUSED_MIN_BLOCKS)
     se_squeeze_kernel(const ForwardParams<T> p) {

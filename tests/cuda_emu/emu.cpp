@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/backward_kernel.cuh"
+#include "cuda/forward_kernel.cuh"
 
 namespace se_emu {
 namespace {
