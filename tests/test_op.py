@@ -9,6 +9,7 @@ import torch
 
 import se_fused
 from se_fused import reference
+from se_fused._names import ACTIVATIONS as ACTIVATION_FNS
 
 from .conftest import ACTIVATIONS, DTYPES, EPILOGUES, GATES, LAYOUTS, per_device
 from .helpers import (TOL, assert_close_dtype, assert_close_scaled, assert_matches_reference,
@@ -168,13 +169,22 @@ def test_gradgradcheck_double_backward(out_activation, activation, gate, one_lay
                                                            device))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("activation,gate,one_layer", GRAD_FORMS, ids=_grad_form_id)
-def test_differentiable_backward_agrees_with_fused_backward(activation, gate, one_layer):
+def test_differentiable_backward_agrees_with_fused_backward(activation, gate, one_layer, layout,
+                                                            device):
+    """The forward op's z and pre are the mean and the two layers' pre-activations, and the
+    backward op on them gives what the differentiable composite backward gives."""
     from se_fused._autograd import backward_composite as _backward_composite
-    inp = make_inputs((3, 8, 5, 5), 2, torch.float64, torch.channels_last, one_layer=one_layer)
+    inp = make_inputs((3, 8, 5, 5), 2, torch.float64, LAYOUTS[layout], one_layer=one_layer,
+                      device=device)
     x, w1, b1 = (inp[k].detach() for k in ("x", "w1", "b1"))
     w2, b2 = (None, None) if one_layer else (inp["w2"].detach(), inp["b2"].detach())
     y, z, pre = torch.ops.se_fused.se_forward(x, w1, b1, w2, b2, None, activation, gate, "relu")
+    torch.testing.assert_close(z, x.mean(dim=(2, 3)), **TOL[torch.float64])
+    a1 = z @ w1.t() + b1
+    a2 = a1 if one_layer else ACTIVATION_FNS[activation](a1) @ w2.t() + b2
+    torch.testing.assert_close(pre, torch.cat([a1, a2], dim=1), **TOL[torch.float64])
     gy = torch.randn_like(y)
     fused = torch.ops.se_fused.se_backward(gy, x, z, y, w1, b1, w2, b2, activation, gate, True,
                                            False, pre)
