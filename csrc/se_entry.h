@@ -87,9 +87,14 @@ inline bool has_values(const c10::optional<at::Tensor>& t) {
 // Float type the squeeze and small layers use: double for double x, else float.
 at::ScalarType acc_dtype(at::ScalarType x_dtype);
 
+// A tensor's data, or nullptr for an undefined or empty one (an absent bias, residual,
+// mask, output); untyped for the CUDA launch structs.
 template <typename T>
 T* ptr_or_null(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+inline void* ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr;
 }
 
 // se_forward (Inplace false: returns y, z, pre) and se_forward_ (y written over x,

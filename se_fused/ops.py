@@ -20,7 +20,7 @@ Python argument checks, then route(), which takes the first row that matches the
   autograd   anything else, torch.compile and       se_forward through register_autograd
              torch.export included
 
-Compiling (torch.compile, torch.export) neither trace nor transform applies; "is
+While compiling (torch.compile, torch.export) neither trace nor transform applies; "is
 compiling" is asked once per call, in route().
 """
 from typing import Optional

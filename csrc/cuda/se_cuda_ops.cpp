@@ -32,10 +32,6 @@ bool aligned16(const at::Tensor& t) {
   return !t.defined() || t.numel() == 0 || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
 
-const void* ptr_or_null(const at::Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr;
-}
-
 // Knobs, read per call; none changes a result bit (summation orders depend on the
 // shape only):
 //   SE_FUSED_CUDA_L2_BYTES: the L2 size the plan assumes (default: the device's);
@@ -200,7 +196,7 @@ struct CudaBackend {
     l.v = c.x.data_ptr();
     l.mask = ptr_or_null(c.y);
     l.gx = c.gx.data_ptr();
-    l.gres = const_cast<void*>(ptr_or_null(c.gres));
+    l.gres = ptr_or_null(c.gres);
     l.z = c.z.data_ptr();
     l.pre = pre_values.data_ptr();
     l.gw1 = c.gw1.data_ptr();
