@@ -259,6 +259,7 @@ CT_CHOICES = (8, 16, 32, 64, 128, 256)
 GROUP_CHANNELS = {"forward": 64, "backward": 32}
 MIN_PART_BYTES = 4096  # no hw part smaller than this (one 16-byte load per thread)
 GRAD_TILE = 32  # weight-gradient output tiles (plan.h kGradTile)
+SUM_PAIRS = 4  # small_layers.cuh kSumPairs: outputs a thread sums over the groups at once
 GRAD_SAMPLES, GRAD_SPLITS, GRAD_BLOCKS = 32, 8, 512  # plan.h kGradSamples, ...Splits, ...Blocks
 
 
@@ -333,12 +334,14 @@ def k1_cost(s: Shape, g: GPU, t: Tile, ahead: bool = False
     # (row_total; the backward also loads a2); then its share of the next layer: forward
     # a warp per r, lanes over the group's channels (warp_dots, W1 row slices); backward a
     # thread per r over the channels (column_dot, W2 columns, half chunks: registers);
-    # then the sample tile's sum over the groups (sum_of_groups). Shared-memory operands
-    # are not L2 round trips.
+    # then the sample tile's sum over the groups (sums_of_groups: a thread's SUM_PAIRS
+    # outputs at once, each chunk the loads of loads_ahead groups of all of them).
+    # Shared-memory operands are not L2 round trips.
     sums = loop_us(math.ceil(t.NT * t.CT / 256), t.parts + (s.pass_ != "forward"), 1, ahead)
     share = (loop_us(math.ceil(R / 8), math.ceil(t.CT / 32), 1, True) if s.pass_ == "forward"
              else loop_us(math.ceil(R / 256), t.CT, 1, ahead, const("loads_ahead") / 2))
-    groups = loop_us(math.ceil(t.NT * R / 256), t.ct_count, 1, ahead)
+    groups = loop_us(math.ceil(t.NT * R / (256 * SUM_PAIRS)), t.ct_count, SUM_PAIRS, ahead,
+                     SUM_PAIRS * const("loads_ahead"))
     chain = 2 * const("t_handoff") + sums + share + groups
     return (const("t_ramp") + stream + chain, reads + ws,
             {"K1 stream": stream, "K1 chain": chain})

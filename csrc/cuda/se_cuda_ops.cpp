@@ -96,6 +96,9 @@ cuda::Plan plan_call(const SEArgs& a, bool backward, int esize, bool aligned,
   TORCH_CHECK(p.grid1 <= kMaxGrid && p.grid2 <= kMaxGrid, "se_fused: x of shape (", a.N, ", ",
               a.C, ", ", a.H, ", ", a.W, ") needs ", std::max(p.grid1, p.grid2),
               " blocks, more than a CUDA grid holds (2^31 - 1)");
+  // the small layers index a sample tile's NT x R outputs with 32-bit integers
+  TORCH_CHECK(p.NT * a.R <= kMaxGrid, "se_fused: w1 has ", a.R,
+              " rows; the CUDA kernels take at most ", kMaxGrid / p.NT);
   return p;
 }
 

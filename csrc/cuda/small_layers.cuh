@@ -157,15 +157,64 @@ SE_DEV void last_arrivals(const Plan& p, int64_t n, int64_t ct, uint32_t* counte
   sample(st);
 }
 
-// The sum of the groups' shares (P or Q) of output r of sample n, in group order.
-template <typename acc_t>
-SE_DEV acc_t sum_of_groups(const Plan& p, const acc_t* shares, int64_t n, int64_t r) {
-  acc_t a = acc_t(0);
-  const acc_t* col = shares + n * p.CGn * p.R + r;
-  ahead_loop<kAhead<acc_t>>(
-      0, p.CGn, 1, [&](int64_t g) { return load_cg(col + g * p.R); },
-      [&](acc_t v, int64_t) { a += v; });
-  return a;
+// The sample tile's sums of the groups' shares (P or Q): use(n, r, sum) for every output r
+// of samples [n0, n0 + M), each sum in group order. A thread takes kSumPairs outputs at
+// once (e = threadIdx.x + kThreads j) and issues the loads of a chunk of kAhead groups
+// for all of them before it adds the first: 4x the loads in flight of one output at a
+// time, with the same bits (each output still adds its groups one after another from
+// zero).
+constexpr int kSumPairs = 4;
+
+template <typename acc_t, typename Use>
+SE_DEV void sums_of_groups(const Plan& p, const acc_t* shares, int64_t n0, int64_t M,
+                           const Use& use) {
+  constexpr int J = kSumPairs, G = kAhead<acc_t>;
+  const int R = int(p.R), G_all = int(p.CGn), total = int(M) * R;
+  if (total == 0) return;  // R = 0: no outputs (and no division by R)
+  // output e = sample e / R, r = e % R; the thread's J outputs advance by kThreads J
+  // elements a round: one division each before the loop (no 64-bit division inside it)
+  const int step = kThreads * J, dn = step / R, dr = step % R;
+  int m[J], r[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int e = int(threadIdx.x) + kThreads * j;
+    m[j] = e / R;
+    r[j] = e % R;
+  }
+  for (int e0 = int(threadIdx.x); e0 < total; e0 += step) {
+    acc_t a[J];
+#pragma unroll
+    for (int j = 0; j < J; ++j) a[j] = acc_t(0);
+    for (int g0 = 0; g0 < G_all; g0 += G) {
+      acc_t v[J][G];
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const acc_t* col = shares + ((n0 + m[j]) * G_all + g0) * R + r[j];
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+          const bool in = e0 + kThreads * j < total && g0 + k < G_all;
+          v[j][k] = in ? load_cg(col + int64_t(k) * R) : acc_t(0);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+          if (g0 + k < G_all) a[j] += v[j][k];
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      if (e0 + kThreads * j < total) use(n0 + m[j], int64_t(r[j]), a[j]);
+      m[j] += dn;
+      r[j] += dr;
+      if (r[j] >= R) {
+        r[j] -= R;
+        ++m[j];
+      }
+    }
+  }
 }
 
 // ---- forward ----------------------------------------------------------------------
@@ -204,14 +253,12 @@ SE_DEV void forward_group(const Plan& p, const Layers<acc_t>& L, const Excite<ac
 template <typename acc_t>
 SE_DEV void forward_sample(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
                            int64_t st) {
-  const int64_t n0 = st * p.NT, M = p.samples_in(n0, p.NT), R = p.R;
-  for (int64_t e = threadIdx.x; e < M * R; e += kThreads) {
-    const int64_t n = n0 + e / R, r = e % R;
-    acc_t a = sum_of_groups(p, X.p, n, r);
+  const int64_t n0 = st * p.NT, R = p.R;
+  sums_of_groups(p, X.p, n0, p.samples_in(n0, p.NT), [&](int64_t n, int64_t r, acc_t a) {
     if (L.b1 != nullptr) a += load_ro(L.b1 + r);
     store1(X.pre + n * (R + p.C) + r, a);
     store1(X.h + n * R + r, act_forward(L.act, a));
-  }
+  });
 }
 
 // Launch 2: s for samples [n0, n0 + M) and channels [cb, cb + nch) into s_sm[m][ch];
@@ -292,14 +339,12 @@ SE_DEV void backward_group(const Plan& p, const Layers<acc_t>& L, const Excite<a
 template <typename acc_t>
 SE_DEV void backward_sample(const Plan& p, const Layers<acc_t>& L, const Excite<acc_t>& X,
                             int64_t st) {
-  const int64_t n0 = st * p.NT, M = p.samples_in(n0, p.NT), R = p.R;
-  for (int64_t e = threadIdx.x; e < M * R; e += kThreads) {
-    const int64_t n = n0 + e / R, r = e % R;
-    const acc_t dh = sum_of_groups(p, X.p, n, r);
+  const int64_t n0 = st * p.NT, R = p.R;
+  sums_of_groups(p, X.p, n0, p.samples_in(n0, p.NT), [&](int64_t n, int64_t r, acc_t dh) {
     const acc_t a1 = load_ro(X.pre + n * (R + p.C) + r);
     store1(X.da1 + n * R + r, se_mul(dh, act_derivative(L.act, a1)));
     store1(X.h + n * R + r, act_forward(L.act, a1));
-  }
+  });
 }
 
 // Launch 2: s = gate(a2) and dz / HW (dz = sum_r da1[n, r] W1[r, c]) for samples
